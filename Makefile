@@ -1,0 +1,28 @@
+# make demo: set up .venv and run the main job on the embedded default; make test: the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of PyTorch. On a CUDA machine: make demo TORCH=torch (or any torch>=2.4,<2.16 build).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test install clean
+
+demo: $(VENV)/.installed
+	$(BIN)/tenfold train --recipe recipes/tiny-cpu.yaml
+	$(BIN)/tenfold merge runs/tiny-cpu --output-dir runs/tiny-cpu/merged
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,81 @@
+"""RoPE base and scaling, written into a model config in both layouts transformers has used.
+
+transformers 5 reads `config.rope_parameters` ({"rope_type", "rope_theta", ...}); transformers 4,
+vLLM and most other readers of config.json look at top-level `rope_theta` and `rope_scaling`.
+`apply_rope` writes both, so a trained or merged model means the same thing to every reader.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tenfold.recipe import RopeSettings
+
+# Keys each scaling type reads besides rope_theta (transformers' modeling_rope_utils).
+_SCALING_KEYS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),  # its original length is max_position_embeddings itself
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+}
+
+
+def current_rope(config) -> dict:
+    """The config's RoPE parameters in the transformers 5 layout."""
+    params = getattr(config, "rope_parameters", None)
+    if params:
+        return dict(params)
+    params = dict(getattr(config, "rope_scaling", None) or {})
+    params.setdefault("rope_type", params.pop("type", "default"))
+    params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
+    return params
+
+
+def apply_rope(config, rope: RopeSettings, max_length: int | None = None) -> dict:
+    """Write the requested RoPE base/scaling into `config` (both layouts); returns the new parameters.
+
+    With `rope.scaling == "keep"` the model's own scaling (e.g. Llama-3.1's llama3 scaling) is kept
+    and only the base changes. `max_position_embeddings` grows to `max_length` when that is larger.
+    """
+    old = current_rope(config)
+    theta = float(rope.theta) if rope.theta is not None else float(old["rope_theta"])
+    if rope.scaling == "keep":
+        params = {**old, "rope_theta": theta}
+    else:
+        params = {"rope_type": "default" if rope.scaling == "none" else rope.scaling, "rope_theta": theta}
+        for key in _SCALING_KEYS.get(params["rope_type"], ()):
+            if key == "original_max_position_embeddings":
+                params[key] = rope.original_max_position_embeddings or config.max_position_embeddings
+            else:
+                params[key] = float(getattr(rope, key))
+    config.rope_parameters = params
+    config.rope_theta = theta  # serialized as the top-level v4 key; rope_scaling is an alias in v5, see below
+    if max_length and max_length > config.max_position_embeddings and params["rope_type"] != "dynamic":
+        config.max_position_embeddings = max_length
+    return params
+
+
+def write_rope_to_config_file(path: str | Path, params: dict) -> None:
+    """Add the transformers 4 keys (rope_theta, rope_scaling) to a saved config.json.
+
+    transformers 5 treats `config.rope_scaling` as an alias of `rope_parameters`, so the v4 key
+    can only be written into the file itself; v5 reads rope_parameters and ignores the copy.
+    """
+    path = Path(path)
+    config = json.loads(path.read_text())
+    config["rope_parameters"] = params
+    config["rope_theta"] = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    config["rope_scaling"] = scaling if params["rope_type"] != "default" else None
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def rotary_inv_freq(model) -> torch.Tensor:
+    """The inverse frequencies the live model rotates with (first rotary module found)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "inv_freq") and "rotary" in name:
+            return module.inv_freq.detach().float().cpu()
+    raise ValueError("no rotary embedding module with an inv_freq buffer in this model")

@@ -1,0 +1,228 @@
+"""`tenfold train`: QLoRA context extension, as one function that reads top to bottom.
+
+setup (data, model with the new RoPE base, optimizer) -> train (explicit loss step, gradient
+accumulation, checkpoints) -> cleanup (adapter + summary). An explicit loop rather than the
+transformers Trainer: the loss needs the decoder's hidden states, not logits; a NaN must name the
+batch's records; and a resumed run must follow the exact batch plan to reach the same weights.
+accelerate supplies the processes (DDP, FSDP, DeepSpeed by its config) and autocast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
+from tenfold.train.batches import batch_plan, collate, encode_files
+from tenfold.train.loss import CausalLMLoss
+from tenfold.train.model import load_model_for_training, load_tokenizer
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def mixed_precision(recipe: Recipe) -> str:
+    if recipe.train.mixed_precision != "auto":
+        return recipe.train.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def train(recipe: Recipe) -> dict:
+    """Train the recipe's adapter into recipe.train.output_dir; resumes from its last checkpoint."""
+    # ---- setup ----
+    t = recipe.train
+    accelerator = Accelerator(mixed_precision=mixed_precision(recipe), cpu=not torch.cuda.is_available())
+    out = Path(t.output_dir)
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
+    with accelerator.main_process_first():
+        rows, data_counts = encode_files(recipe, tokenizer, out)
+    lengths = rows.with_format(None)["length"]
+    weights_per_record = rows.with_format(None)["loss_weight"]
+    plan = batch_plan(lengths, recipe, accelerator.num_processes)
+    if not plan:
+        raise ValueError(f"{len(lengths)} usable records do not fill one step of train.batch_size {t.batch_size}")
+
+    model, rope = load_model_for_training(recipe, accelerator.device)
+    loss_model = CausalLMLoss(model, t.loss_chunk_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
+    scheduler = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=len(plan))
+    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
+
+    start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None:
+        start_step, totals = load_checkpoint(checkpoint, model, optimizer, scheduler, recipe)
+        accelerator.print(f"resuming from {checkpoint} at step {start_step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_recipe(recipe, out / "recipe.yaml")
+
+    # ---- train ----
+    rank, world = accelerator.process_index, accelerator.num_processes
+    with tqdm(total=len(plan), initial=start_step, desc="train", disable=not accelerator.is_main_process) as progress:
+        started, step_tokens_total = time.perf_counter(), 0
+        for step in range(start_step, len(plan)):
+            micro_batches = plan[step][rank]
+            # Normalize by the loss weight of the whole step on all processes: the plan is known to every
+            # process, so the mean over the effective batch is exact without communication.
+            step_weight = sum(weights_per_record[i] for mbs in plan[step] for mb in mbs for i in mb)
+            local_loss = torch.zeros((), device=accelerator.device)
+            local_tokens = 0
+            for k, mb in enumerate(micro_batches):
+                batch = {name: x.to(accelerator.device) for name, x in
+                         collate([rows[i] for i in mb], tokenizer.pad_token_id).items()}
+                local_tokens += int(batch["attention_mask"].sum())
+                sync = k == len(micro_batches) - 1
+                with (nullcontext() if sync else accelerator.no_sync(loss_model)), accelerator.autocast():
+                    loss_sum = loss_model(**batch)
+                accelerator.backward(loss_sum * (world / step_weight))
+                local_loss += loss_sum.detach()
+            step_loss = accelerator.reduce(local_loss, reduction="sum").item() / step_weight
+            if not math.isfinite(step_loss):
+                ids = [rows[i]["id"] for mbs in plan[step] for mb in mbs for i in mb]
+                raise NonFiniteLossError(f"loss is {step_loss} at step {step + 1}; records in this batch: {ids}. "
+                                         f"The last good checkpoint is kept in {out / 'checkpoints'}.")
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+            step_tokens_total += step_tokens
+            totals["tokens_seen"] += step_tokens
+            totals["loss_tokens"] += step_weight
+            totals["losses"].append(step_loss)
+            progress.update(1)
+            if (step + 1) % t.log_every == 0 or step + 1 == len(plan):
+                elapsed = time.perf_counter() - started
+                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                     tok_s=f"{step_tokens_total / elapsed:.0f}",
+                                     mem_gb=f"{peak_memory_gb(accelerator.device):.2f}")
+            if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(out, step + 1, model, optimizer, scheduler, totals, recipe)
+
+    # ---- cleanup ----
+    # Every process must end with the same weights; a desynchronized replica fails here, not silently.
+    replicas = gather_object([weights_fingerprint(model)])
+    if len(set(replicas)) != 1:
+        raise RuntimeError(f"processes finished with different weights: {replicas}")
+    elapsed = time.perf_counter() - started
+    summary = {
+        "steps": len(plan), "resumed_from_step": start_step, "tokens_seen": totals["tokens_seen"],
+        "final_loss": totals["losses"][-1] if totals["losses"] else None,
+        "first_loss": totals["losses"][0] if totals["losses"] else None,
+        "losses": totals["losses"], "data": data_counts, "rope": rope,
+        "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3),
+        "tokens_per_s": round(step_tokens_total / elapsed, 1) if elapsed > 0 else None,
+        "processes": world, "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
+    }
+    if accelerator.is_main_process:
+        save_adapter(out / "adapter", model, tokenizer, recipe, rope)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def save_adapter(path: Path, model, tokenizer, recipe: Recipe, rope: dict) -> None:
+    """peft's adapter (LoRA + fully trained modules) plus what merge needs to rebuild the model."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "tenfold.json").write_text(json.dumps({
+        "base_model": recipe.model.name, "rope_parameters": rope, "max_length": recipe.data.max_length,
+        "recipe": recipe_to_dict(recipe),
+    }, indent=2) + "\n")
+
+
+# ---- checkpoints: only the trainable weights, the optimizer and the RNG, written atomically ----
+
+def weights_fingerprint(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainable_state(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: dict, recipe: Recipe) -> None:
+    root = out / "checkpoints"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}, tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "totals": totals,
+                                                   "recipe": recipe_to_dict(recipe)}))
+    os.replace(tmp, root / f"step-{step}")  # atomic: a kill leaves the old checkpoint or the new one
+    for old in root.glob("step-*"):
+        if old.name != f"step-{step}":
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, recipe: Recipe) -> tuple[int, dict]:
+    progress = json.loads((path / "progress.json").read_text())
+    saved, now = progress["recipe"], recipe_to_dict(recipe)
+    changed = sorted(f"{s}.{k}" for s in now for k in now[s]
+                     if now[s][k] != saved[s][k] and f"{s}.{k}" not in ("train.log_every", "train.save_every"))
+    if changed:
+        raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
+                         f"resume with the same recipe, or use a new train.output_dir")
+    missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
+    expected = set(trainable_state(model))
+    if unexpected or expected & set(missing):
+        raise ValueError(f"{path} does not match this model's trainable weights")
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    return progress["step"], progress["totals"]

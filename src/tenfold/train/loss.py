@@ -1,0 +1,99 @@
+"""The language-model loss without the [sequence, vocab] logits.
+
+An 80K-token sequence with Llama-3's 128K vocabulary would need 80K x 128K x 4 bytes = 42 GB of
+fp32 logits, and as much again for their gradient. Here the LM head runs only at positions that
+carry a loss weight, a chunk of rows at a time, and each chunk's gradient is computed right away
+in the forward pass (softmax minus one-hot, times the weights), so nothing vocabulary-sized is
+kept for backward and no chunk is recomputed. Peak extra memory is one chunk of logits.
+
+Written by hand because transformers computes full logits (or `logits_to_keep` of them) and the
+fused kernels that avoid it (Liger, Cut Cross-Entropy) are CUDA/Triton-only and ignore
+per-token weights, which the recipe's `data.context_weight` needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LOGITS_CHUNK_BYTES = 64 * 2**20
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    return max(1, LOGITS_CHUNK_BYTES // (4 * vocab_size))
+
+
+class _LabelSparseCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(hidden_i @ weight.T, target_i), with gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_size):
+        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(hidden.dtype)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
+            for start in range(0, hidden.shape[0], chunk_size):
+                h = hidden[start:start + chunk_size]
+                target = targets[start:start + chunk_size, None]
+                tw = token_weights[start:start + chunk_size]
+                logits = (h @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                loss += ((lse - logits.gather(1, target).squeeze(1)) * tw).sum()
+                if grad_hidden is None and grad_weight is None:
+                    continue
+                grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                grad_logits.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad_logits.dtype))
+                grad_logits.mul_(tw[:, None])
+                if grad_hidden is not None:
+                    grad_hidden[start:start + chunk_size] = grad_logits.to(h.dtype) @ w
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.T, h.float())
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, input_ids: torch.Tensor,
+                   token_weights: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Weighted next-token cross-entropy, summed (not averaged) over the batch.
+
+    hidden_states [B, T, d] are the decoder's final (normed) states; token_weights[b, t] weighs the
+    prediction of input_ids[b, t] from the tokens before it (0: no loss).
+    """
+    targets = input_ids[:, 1:]
+    weights = token_weights[:, 1:]
+    keep = weights != 0
+    hidden = hidden_states[:, :-1][keep]
+    chunk_size = chunk_size or default_chunk_size(lm_head_weight.shape[0])
+    return _LabelSparseCrossEntropy.apply(hidden, lm_head_weight, targets[keep], weights[keep].float(), chunk_size)
+
+
+class CausalLMLoss(nn.Module):
+    """The module that training runs (and DDP/FSDP wrap): decoder forward, then the label-sparse loss."""
+
+    def __init__(self, model: nn.Module, chunk_size: int | None = None):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def causal_lm(self) -> nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, attention_mask, token_weights) -> torch.Tensor:
+        lm = self.causal_lm()
+        head = lm.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise NotImplementedError("an LM head with a bias is not supported by the label-sparse loss")
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return causal_lm_loss(hidden, head.weight, input_ids, token_weights, self.chunk_size)

@@ -1,0 +1,115 @@
+"""Load a base model for training: RoPE applied, 4-bit/8-bit/full base, LoRA and fully trained extras."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from tenfold.recipe import LoraSettings, ModelSettings, Recipe
+from tenfold.rope import apply_rope, rotary_inv_freq
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def resolve_model_path(name: str) -> str:
+    """`tenfold/<name>` is a model shipped inside the package; anything else goes to transformers as is."""
+    if name.startswith("tenfold/"):
+        path = ASSETS / name.removeprefix("tenfold/")
+        if not path.is_dir():
+            shipped = ", ".join(sorted(f"tenfold/{p.name}" for p in ASSETS.iterdir() if p.is_dir()))
+            raise FileNotFoundError(f"no model {name!r} in the package; shipped: {shipped}")
+        return str(path)
+    return name
+
+
+def compute_dtype(settings: ModelSettings, device: torch.device) -> torch.dtype:
+    if settings.dtype != "auto":
+        return getattr(torch, settings.dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def attention_implementation(settings: ModelSettings, device: torch.device) -> str:
+    if settings.attn_implementation != "auto":
+        return settings.attn_implementation
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def quantization_config(settings: ModelSettings, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if settings.quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype)
+    if settings.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(recipe: Recipe, device: torch.device, quantize: bool = True, dtype: torch.dtype | str | None = None):
+    """The base model with the recipe's RoPE in its config; returns (model, rope parameters).
+
+    `dtype` overrides the recipe's (merge passes "auto": the dtype the checkpoint was saved in).
+    """
+    settings = recipe.model
+    path = resolve_model_path(settings.name)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    rope = apply_rope(config, recipe.rope, recipe.data.max_length)
+    dtype = dtype or compute_dtype(settings, device)
+    quant = quantization_config(settings, dtype) if quantize and settings.quantization != "none" else None
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=dtype, quantization_config=quant,
+        attn_implementation=attention_implementation(settings, device),
+        device_map={"": device} if quant is not None else None,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    if quant is None:
+        model.to(device)
+    check_rope(model, rope)
+    return model, rope
+
+
+def check_rope(model, rope: dict) -> None:
+    """Fail loudly if the live rotary embedding does not rotate with the requested base."""
+    live = model.config.rope_parameters
+    if live.get("rope_theta") != rope["rope_theta"] or live.get("rope_type") != rope["rope_type"]:
+        raise RuntimeError(f"the model's config overrode the requested RoPE {rope} with {live}")
+    inv_freq = rotary_inv_freq(model)
+    head_dim = 2 * inv_freq.numel()
+    if rope["rope_type"] == "default":
+        expected = 1.0 / rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        if not torch.allclose(inv_freq.double(), expected, rtol=1e-5):
+            raise RuntimeError(f"the model rotates with a RoPE base other than {rope['rope_theta']}")
+
+
+def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing needs no requires_grad on the inputs and works with frozen 4-bit layers.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.targets, modules_to_save=settings.extra_trainable or None,
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    # The optimizer must update fp32 copies: a bf16 embedding would swallow updates of lr 5e-5.
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return model
+
+
+def load_model_for_training(recipe: Recipe, device: torch.device):
+    model, rope = load_base_model(recipe, device)
+    model = add_lora(model, recipe.lora, recipe.model.gradient_checkpointing)
+    return model, rope

@@ -1,0 +1,164 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tenfold.recipe import load_recipe
+from tenfold.rope import rotary_inv_freq
+from tenfold.train import loop
+from tenfold.train.loop import NonFiniteLossError, train
+from tenfold.train.merge import load_unmerged, merge
+from tenfold.train.model import load_model_for_training
+
+
+def base_inv_freq(theta, head_dim):
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    recipe = load_recipe("recipes/tiny-cpu.yaml", {
+        "model.name": str(tiny_model_dir), "data.train_files": [str(toy_data)], "data.max_length": 512,
+        "train.output_dir": str(out / "run"), "train.batch_size": 4, "train.micro_batch_size": 2,
+        "train.max_steps": 6, "train.save_every": 0, "train.learning_rate": 5e-3})
+    summary = train(recipe)
+    return recipe, summary, out
+
+
+def test_tiny_training_loss_falls_and_writes_adapter_and_summary(trained):
+    recipe, summary, out = trained
+    run = out / "run"
+    assert summary["steps"] == 6
+    assert summary["final_loss"] < summary["first_loss"] - 0.05, summary["losses"]
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["rope"]["rope_theta"] == 200000.0
+    assert on_disk["tokens_seen"] > 0 and on_disk["peak_memory_gb"] > 0
+    assert {"records", "used", "truncated", "skipped"} <= set(on_disk["data"])
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("embed_tokens" in k for k in adapter)
+    meta = json.loads((run / "adapter" / "tenfold.json").read_text())
+    assert meta["rope_parameters"] == {"rope_type": "default", "rope_theta": 200000.0}
+    assert not (run / "checkpoints").exists()
+
+
+def test_rope_base_is_live_before_training(tiny_recipe):
+    for overrides, expected_scale in [({}, 1.0), ({"rope.scaling": "linear", "rope.factor": 4.0}, 4.0)]:
+        model, rope = load_model_for_training(tiny_recipe(**overrides), torch.device("cpu"))
+        inv_freq = rotary_inv_freq(model)
+        torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()) / expected_scale)
+        assert model.config.rope_parameters["rope_theta"] == 200000.0
+        assert model.config.rope_theta == 200000.0
+
+
+def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained):
+    _, _, out = trained
+    merged_dir = merge(out / "run", out / "merged")
+    config = json.loads((merged_dir / "config.json").read_text())
+    assert config["rope_theta"] == 200000.0  # transformers 4 layout
+    assert config["rope_parameters"]["rope_theta"] == 200000.0  # transformers 5 layout
+    model = AutoModelForCausalLM.from_pretrained(merged_dir)
+    inv_freq = rotary_inv_freq(model)
+    torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()))
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_merge_equals_unmerged(trained, tiny_model_dir):
+    _, _, out = trained
+    merged_dir = out / "merged-2"
+    merge(out / "run", merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    unmerged, _ = load_unmerged(out / "run")
+    unmerged.eval()
+    input_ids = torch.randint(0, merged.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids).logits, unmerged(input_ids).logits, rtol=1e-5, atol=1e-5)
+    # the fully trained embeddings came through the merge, not the base's
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_recipe, tmp_path, monkeypatch):
+    whole = tiny_recipe(**{"train.output_dir": str(tmp_path / "whole"), "train.save_every": 2})
+    train(whole)
+
+    killed = tiny_recipe(**{"train.output_dir": str(tmp_path / "killed"), "train.save_every": 2})
+    real_save = loop.save_checkpoint
+
+    def save_then_die(out, step, *args):
+        real_save(out, step, *args)
+        raise KeyboardInterrupt  # the process dies right after its step-2 checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert (tmp_path / "killed" / "checkpoints" / "step-2").is_dir()
+    summary = train(killed)
+    assert summary["resumed_from_step"] == 2
+
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["losses"] == whole_summary["losses"]
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tiny_recipe, tmp_path, monkeypatch):
+    recipe = tiny_recipe(**{"train.save_every": 2})
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        train(tiny_recipe(**{"train.save_every": 2, "train.learning_rate": 1e-4}))
+
+
+def test_non_finite_loss_stops_with_step_and_record_ids(tiny_recipe, monkeypatch):
+    calls = []
+
+    def collate_poisoned_from_step_2(rows, pad_token_id):
+        batch = real_collate(rows, pad_token_id)
+        calls.append([r["id"] for r in rows])
+        if len(calls) == 3:  # step 2's first micro-batch (2 micro-batches a step)
+            batch["token_weights"][0, -1] = float("inf")
+        return batch
+    real_collate = loop.collate
+    monkeypatch.setattr(loop, "collate", collate_poisoned_from_step_2)
+    with pytest.raises(NonFiniteLossError, match=r"at step 2; records in this batch: \['toy-") as e:
+        train(tiny_recipe())
+    assert all(record_id in str(e.value) for record_id in calls[2] + calls[3])
+
+
+def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, json\n"
+        "from tenfold.recipe import load_recipe\n"
+        "from tenfold.train.loop import train\n"
+        "s = train(load_recipe(sys.argv[1]))\n"
+        "print('PROCESSES', s['processes'])\n")
+    results = {}
+    for procs in (1, 2):
+        recipe = tiny_recipe(**{"train.output_dir": str(tmp_path / f"p{procs}")})
+        path = tmp_path / f"recipe{procs}.yaml"
+        loop.dump_recipe(recipe, path)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+               "--master_port", str(29610 + procs), str(script), str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count(f"PROCESSES {procs}") == procs
+        results[procs] = load_file(tmp_path / f"p{procs}" / "adapter" / "adapter_model.safetensors")
+    for k in results[1]:
+        torch.testing.assert_close(results[2][k], results[1][k], rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "p2" / "summary.json").read_text())["processes"] == 2
