@@ -53,3 +53,12 @@ def test_cli_flags_override_one_key_each():
 def test_batch_size_must_divide():
     with pytest.raises(RecipeError, match="multiple of train.micro_batch_size"):
         load_recipe(None, {"train.batch_size": 6, "train.micro_batch_size": 4})
+
+
+def test_cli_unknown_recipe_flag_lists_allowed_keys(capsys):
+    from tenfold.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--recipe", "recipes/tiny-cpu.yaml", "--lora.rnk", "3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "lora.rnk" in err and "lora.rank" in err

@@ -67,8 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     try:
+        for flag in unknown:  # an unknown --section.key gets the recipe's message, with the allowed keys
+            if flag.startswith("--") and "." in flag:
+                load_recipe(None, {flag[2:].split("=")[0]: None})
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.func(args)
     except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"tenfold {args.verb}: error: {e}", file=sys.stderr)

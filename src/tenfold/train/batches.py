@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -76,11 +77,14 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
         "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "template": tokenizer.chat_template,
         "max_length": recipe.data.max_length, "context_weight": recipe.data.context_weight,
     }, sort_keys=True).encode()).hexdigest()[:16]
-    rows = datasets.Dataset.from_generator(
-        _encoded_rows, features=FEATURES, cache_dir=str(out / "cache"), fingerprint=key,
-        gen_kwargs={"files": files, "tokenizer": tokenizer, "max_length": recipe.data.max_length,
-                    "context_weight": recipe.data.context_weight},
-    )
+    try:
+        rows = datasets.Dataset.from_generator(
+            _encoded_rows, features=FEATURES, cache_dir=str(out / "cache"), fingerprint=key,
+            gen_kwargs={"files": files, "tokenizer": tokenizer, "max_length": recipe.data.max_length,
+                        "context_weight": recipe.data.context_weight},
+        )
+    except DatasetGenerationError as e:  # datasets wraps our own errors; show the user ours
+        raise e.__cause__ or e from None
     counts = Counter(rows["status"])
     usable = rows.filter(lambda status: not status.startswith("skipped"), input_columns="status")
     if len(usable) == 0:
