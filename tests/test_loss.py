@@ -62,3 +62,21 @@ def test_long_sequence_with_large_vocab_never_builds_full_logits():
     chunk_logits_bytes = 128 * V * 4
     assert chunk_logits_bytes <= largest_allocation <= 2 * chunk_logits_bytes, largest_allocation
     assert torch.isfinite(loss)
+
+
+def test_under_bf16_autocast_the_head_runs_in_bf16_and_matches_autocast_reference():
+    torch.manual_seed(3)
+    hidden = torch.randn(1, 40, 16).requires_grad_()
+    weight = torch.randn(64, 16)
+    input_ids = torch.randint(0, 64, (1, 40))
+    token_weights = torch.ones(1, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = causal_lm_loss(hidden, weight, input_ids, token_weights, chunk_size=8)
+        ref = full_logits_loss(hidden, weight.to(torch.bfloat16), input_ids, token_weights)
+    (g,) = torch.autograd.grad(loss, hidden)
+    (ref_g,) = torch.autograd.grad(ref, hidden)
+    assert loss.dtype == torch.float32 and g.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(g, ref_g, rtol=2e-2, atol=2e-3)
+    fp32 = causal_lm_loss(hidden, weight, input_ids, token_weights, chunk_size=8)
+    assert fp32.item() != loss.item()  # the bf16 path really ran in bf16

@@ -29,25 +29,44 @@ class _LabelSparseCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, chunk_size):
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(hidden.dtype)
+        device = hidden.device.type
+        # Under autocast the LM head runs in the autocast dtype (bf16), like the model's other matmuls;
+        # the softmax and the loss stay in fp32.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            n_rows, vocab = hidden.shape[0], weight.shape[0]
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
-            for start in range(0, hidden.shape[0], chunk_size):
-                h = hidden[start:start + chunk_size]
-                target = targets[start:start + chunk_size, None]
-                tw = token_weights[start:start + chunk_size]
-                logits = (h @ w.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                loss += ((lse - logits.gather(1, target).squeeze(1)) * tw).sum()
+            # One logits buffer reused by every chunk: a fresh 64 MB tensor a chunk costs page faults
+            # that took longer than the elementwise work itself on the CPU.
+            rows = min(chunk_size, n_rows)
+            logits_buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+            low_buffer = logits_buffer if dtype == torch.float32 else torch.empty(rows, vocab, dtype=dtype, device=hidden.device)
+            for start in range(0, n_rows, chunk_size):
+                h = hidden[start:start + chunk_size].to(dtype)
+                n = h.shape[0]
+                target = targets[start:start + n, None]
+                tw = token_weights[start:start + n]
+                low = torch.mm(h, w.T, out=low_buffer[:n])
+                logits = logits_buffer[:n]
+                if low is not logits:
+                    logits.copy_(low)
+                # log-sum-exp and softmax written out in place (max, exp, sum): fewer passes over the
+                # chunk than logsumexp followed by a separate softmax.
+                target_logit = logits.gather(1, target).squeeze(1)
+                row_max = logits.amax(dim=-1, keepdim=True)
+                sum_exp = logits.sub_(row_max).exp_().sum(dim=-1)
+                lse = row_max.squeeze(1) + sum_exp.log()
+                loss += ((lse - target_logit) * tw).sum()
                 if grad_hidden is None and grad_weight is None:
                     continue
-                grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                grad_logits.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad_logits.dtype))
-                grad_logits.mul_(tw[:, None])
+                grad_logits = logits.mul_((tw / sum_exp)[:, None])  # softmax x weight
+                grad_logits.scatter_add_(1, target, -tw[:, None])  # minus one-hot x weight
                 if grad_hidden is not None:
-                    grad_hidden[start:start + chunk_size] = grad_logits.to(h.dtype) @ w
+                    grad_low = low.copy_(grad_logits) if low is not logits else grad_logits
+                    grad_hidden[start:start + n] = grad_low @ w
                 if grad_weight is not None:
                     grad_weight.addmm_(grad_logits.T, h.float())
         ctx.weight_dtype = weight.dtype
