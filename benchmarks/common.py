@@ -124,13 +124,14 @@ def commit() -> str:
     return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def record(name: str, rows, table: str, notes: str = "") -> None:
+def record(name: str, rows, table: str, notes: str = "", quick: bool = False) -> None:
     """Write results/NAME.json and append the table to BENCHMARKS.md with date, machine and commit."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with open(ROOT / "BENCHMARKS.md", "a") as f:
-        f.write(f"\n## {name} ({stamp}, commit {commit()})\n\nMachine: {machine()}\n\n{table}\n")
+        f.write(f"\n## {name}{' --quick' if quick else ''} ({stamp}, commit {commit()})\n\n"
+                f"Machine: {machine()}\n\n{table}\n")
         if notes:
             f.write(f"\n{notes}\n")
     print(table)
