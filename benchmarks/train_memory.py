@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
 from common import markdown_table, measure_in_subprocess, record
 
@@ -33,12 +34,39 @@ def linear_fit(rows: list[dict]) -> str:
             f"growth exponent of memory above the intercept {exponent:.2f})")
 
 
+def gpu_section(max_length: int) -> tuple[list[dict], str]:
+    """A Llama-3-8B-shaped model (random weights) on the GPU: baseline, tenfold, tenfold + offload."""
+    lengths = [n for n in (8192, 16384, 32768, 65536, 81920, 131072, 196608, 262144) if n <= max_length]
+    rows = []
+    for path, offload in (("baseline", False), ("tenfold", False), ("tenfold", True)):
+        for length in lengths:
+            row = measure_in_subprocess(path, length, bf16=True, device="cuda", model="llama3-8b", offload=offload)
+            rows.append({k: row[k] for k in ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")})
+            print(rows[-1], flush=True)
+            if row["oom"]:
+                break
+    label = lambda r: r["path"] + (" + offload" if r["offload"] else "")  # noqa: E731
+    table = markdown_table(["path", "length", "peak GB", "tokens/s"], [
+        [label(r), r["length"], "OOM" if r["oom"] else f"{r['peak_mem_gb']:.1f}",
+         "" if r["oom"] else f"{r['tokens_per_s']:.0f}"] for r in rows])
+    return rows, table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2K and 4K only")
     parser.add_argument("--max-length", type=int, default=131072)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU section only: a Llama-3-8B-shaped model (needs a CUDA device)")
     args = parser.parse_args()
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu needs a CUDA device")
+        rows, table = gpu_section(args.max_length if args.max_length != 131072 else 262144)
+        record("train_memory_gpu", rows, table, f"- GPU: {torch.cuda.get_device_name()}; Llama-3-8B shape "
+               "(random weights), NF4, LoRA r32/a16 q/k/v/o, embed_tokens trained, bf16; peak = max allocated.")
+        return
     lengths = [2048, 4096] if args.quick else [n for n in (2048, 4096, 8192, 16384, 32768, 65536, 131072)
                                                  if n <= args.max_length]
     rows = []

@@ -162,3 +162,13 @@ def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
     for k in results[1]:
         torch.testing.assert_close(results[2][k], results[1][k], rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "p2" / "summary.json").read_text())["processes"] == 2
+
+
+def test_offloaded_activations_train_to_the_same_weights(tiny_recipe, tmp_path):
+    train(tiny_recipe(**{"train.output_dir": str(tmp_path / "plain"), "train.max_steps": 2}))
+    train(tiny_recipe(**{"train.output_dir": str(tmp_path / "offload"), "train.max_steps": 2,
+                         "model.offload_activations": True}))
+    a = load_file(tmp_path / "plain" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "offload" / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

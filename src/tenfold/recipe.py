@@ -29,6 +29,7 @@ class ModelSettings:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
     gradient_checkpointing: bool = True
+    offload_activations: bool = False  # keep the checkpointed activations in CPU memory (GPU runs at long context)
     trust_remote_code: bool = False
 
 
