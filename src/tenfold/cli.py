@@ -50,6 +50,116 @@ def cmd_merge(args: argparse.Namespace) -> None:
     print(f"merged model in {out} (RoPE {rope})")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from tenfold.data.synth import synth, synth_settings
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "recipe")}
+    summary = synth(synth_settings(args.recipe, flags))
+    written, rejected = summary["records_written"], sum(summary["rejected"].values())
+    print(f"synth: {sum(written.values())} new records ({', '.join(f'{k} {v}' for k, v in written.items()) or 'none'}), "
+          f"{rejected} replies/items rejected; records in {summary['output']}, summary in "
+          f"{summary['output']}.summary.json, length histogram in {summary['histogram']}")
+
+
+def cmd_mix(args: argparse.Namespace) -> None:
+    from tenfold.data.mix import mix, parse_counts
+
+    summary = mix(args.output, args.synthetic, args.instruct, args.plain, parse_counts(args.counts), args.seed,
+                  args.tokenizer, args.max_length)
+    parts = ", ".join(f"{name} {s['records']} records / {s['tokens']} tokens" for name, s in summary["sources"].items())
+    print(f"mix: {summary['records']} records ({parts}) in {args.output}; summary in {args.output}.summary.json")
+
+
+def int_list(text: str) -> list[int]:
+    return [int(float(v)) for v in text.split(",") if v.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+# `tenfold eval NAME`: NAME -> (function "module:name", help, its own flags). The function is called as
+# fn(backend, output_dir, **its flags) and returns a summary dict with "score". To add a benchmark, add
+# one row here whose flags' dest names are the function's keyword arguments (None = the function's default).
+EVAL_BENCHMARKS = {
+    "needle": ("tenfold.eval.needle:run_needle", "needle in a haystack (paper or original preset)", [
+        ("--preset", dict(default="paper", choices=["paper", "original"])),
+        ("--lengths", dict(type=int_list, help="comma-separated context lengths in tokens (default: the preset's)")),
+        ("--depths", dict(type=float_list, help="comma-separated depth percents (default: the preset's)")),
+        ("--haystack", dict(help="text file, directory of .txt files, 'paul-graham' or 'toy' (default)")),
+        ("--scorer", dict(default="rouge", choices=["rouge", "judge"])),
+        ("--judge-model", dict(help="the judge's model name on the OpenAI-compatible endpoint")),
+        ("--judge-base-url", dict(help="the judge's endpoint (default: OPENAI_BASE_URL or OpenAI)")),
+        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+    "passkey": ("tenfold.eval.passkey:run_passkey", "pass key in repeated filler text (length x depth grid)", [
+        ("--lengths", dict(type=int_list, help="comma-separated context lengths (default: 8192..131072, 20 steps)")),
+        ("--depths", dict(type=float_list, help="comma-separated depth percents (default: 0, 11, ..., 100)")),
+        ("--seed", dict(type=int)),
+        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+    "topic": ("tenfold.eval.topic:run_topic", "LongChat topic retrieval: accuracy per number of topics", [
+        ("--data", dict(help="LongChat testcases dir or topic_retrieval.json (default: generated conversations)")),
+        ("--num-topics", dict(type=int_list, help="comma-separated groups (default: 5,10,...,70)")),
+        ("--samples", dict(type=int, help="generated records per group (default 10)")),
+        ("--seed", dict(type=int))]),
+    "ruler": ("tenfold.eval.ruler:run_ruler", "RULER synthetic tasks: multi-key/value/query needles, vt, cwe", [
+        ("--tasks", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: all 8)")),
+        ("--lengths", dict(type=int_list, help="comma-separated (default: 4096,...,131072)")),
+        ("--samples", dict(type=int, help="samples per task and length (default 20)")),
+        ("--haystack", dict(help="essay text for niah_multikey_1/multivalue/multiquery (default: noise)")),
+        ("--seed", dict(type=int))]),
+    "longbench": ("tenfold.eval.longbench:run_longbench", "LongBench v1 with the official prompts and metrics", [
+        ("--preset", dict(default="official", choices=["official", "paper"],
+                          help="Avg over the 6 categories (official) or the 16 English datasets (paper)")),
+        ("--datasets", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: the 16 English)")),
+        ("--truncate-length", dict(type=int, help="prompt tokens after the middle cut (default: model length - 500)")),
+        ("--longbench-e", dict(action="store_true", help="LongBench-E: scores per length bucket")),
+        ("--data-dir", dict(help="LongBench's <name>.jsonl files (default: data.zip from the HF hub)")),
+        ("--config-dir", dict(help="LongBench/config with dataset2prompt.json, dataset2maxlen.json (default: download)")),
+        ("--limit", dict(type=int, help="only the first N records of each dataset"))]),
+    "mmlu": ("tenfold.eval.mmlu:run_mmlu", "zero-shot MMLU by the answer letters' next-token scores", [
+        ("--preset", dict(default="paper", choices=["paper", "lm-eval-harness"],
+                          help="chat template + 'A', mean of subjects (paper) or raw + ' A', mean of questions")),
+        ("--data", dict(help="MMLU folder (test/<subject>_test.csv) or JSONL file (default: cais/mmlu from the HF hub)")),
+        ("--subjects", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: all)")),
+        ("--limit", dict(type=int, help="only the first N questions of each subject"))]),
+    "infbench": ("tenfold.eval.infbench:run_infbench", "InfiniteBench longbook_qa_eng and longbook_sum_eng", [
+        ("--preset", dict(default="paper", choices=["paper", "official"],
+                          help="chat template + rouge-L (paper) or raw prompt + ROUGE-Lsum (official)")),
+        ("--tasks", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: both)")),
+        ("--truncate-length", dict(type=int, help="prompt tokens after the middle cut (default: 80000, the paper's)")),
+        ("--template-set", dict(help="InfiniteBench prompt set: yarn_mistral (default, the paper's), gpt4, claude2")),
+        ("--prompts", dict(help="InfiniteBench's src/prompt.py (default: download)")),
+        ("--data-dir", dict(help="InfiniteBench's <task>.jsonl files (default: the HF hub)")),
+        ("--limit", dict(type=int, help="only the first N records of each task"))]),
+}
+EVAL_COMMON = {"verb", "func", "benchmark", "model", "output_dir", "backend", "rope_theta", "tokenizer", "max_length",
+               "batch_size", "dtype", "base_url", "suite"}
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from importlib import import_module
+
+    from tenfold.eval.backends import load_backend
+
+    if args.benchmark == "all":
+        from tenfold.eval.suite import run_suite
+
+        table = run_suite(args.suite, args.output_dir)
+        print(f"evaluated {len(table['models'])} models on {', '.join(table['benchmarks'])}; "
+              f"table in {args.output_dir}/summary.md and {args.output_dir}/summary.json")
+        return
+    options = {"transformers": {"dtype": args.dtype, "batch_size": args.batch_size, "max_length": args.max_length},
+               "openai": {"base_url": args.base_url, "max_length": args.max_length},
+               "vllm": {"max_length": args.max_length}}[args.backend]
+    backend = load_backend(args.model, args.backend, args.rope_theta, args.tokenizer,
+                           **{k: v for k, v in options.items() if v is not None})
+    module, function = EVAL_BENCHMARKS[args.benchmark][0].split(":")
+    kwargs = {k: v for k, v in vars(args).items() if k not in EVAL_COMMON and v is not None}
+    summary = getattr(import_module(module), function)(backend, args.output_dir, **kwargs)
+    print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')}); "
+          f"results in {args.output_dir}/{args.benchmark}.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenfold", description="Extend a causal LM's context window ten-fold.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -63,6 +173,57 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--output-dir", required=True)
     merge.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     merge.set_defaults(func=cmd_merge)
+
+    synth = verbs.add_parser("synth", help="long-context QA conversations from long documents (the paper's data)")
+    synth.add_argument("--corpus", required=True, help="folder of .txt/.md, .jsonl, .parquet, saved dataset, or hub id")
+    synth.add_argument("--output", required=True, help="JSONL of conversation records (appended; a rerun resumes)")
+    synth.add_argument("--generator", choices=["offline", "openai", "transformers"], help="default: offline")
+    synth.add_argument("--tasks", help="comma-separated: single_detail,multi_detail,multi_detail_heterogeneous,biography")
+    synth.add_argument("--tokenizer", help="the target model's tokenizer (default: tenfold/tiny-llama)")
+    synth.add_argument("--min-tokens", dest="min_tokens", type=int, help="shortest document, target tokens (64000)")
+    synth.add_argument("--max-tokens", dest="max_tokens", type=int, help="longest document, target tokens (80000)")
+    synth.add_argument("--recipe", help="YAML file whose synth: section sets any synth key")
+    synth.add_argument("--model", help="the generator's model (openai, transformers)")
+    synth.add_argument("--base-url", dest="base_url", help="OpenAI-compatible endpoint; key from $OPENAI_API_KEY")
+    synth.add_argument("--concurrency", type=int, help="requests in flight (openai; default 8)")
+    synth.add_argument("--max-contexts", dest="max_contexts", type=int, help="stop after this many records' contexts")
+    synth.add_argument("--chunk-tokens", dest="chunk_tokens", type=int, help="chunk size in target tokens (4096)")
+    synth.add_argument("--language", help="keep only documents in this language (langdetect code, e.g. en)")
+    synth.add_argument("--text-field", dest="text_field", help="the text field of JSONL/Parquet/dataset rows (text)")
+    synth.add_argument("--cache-dir", dest="cache_dir", help="response cache (default: OUTPUT.cache/)")
+    synth.set_defaults(func=cmd_synth)
+
+    mix = verbs.add_parser("mix", help="one shuffled training file from synthetic, instruction and plain-text data")
+    mix.add_argument("--output", required=True)
+    mix.add_argument("--synthetic", nargs="*", default=[], help="JSONL files from `tenfold synth`")
+    mix.add_argument("--instruct", nargs="*", default=[], help="LongAlpaca-style JSONL/Parquet files or hub dataset ids")
+    mix.add_argument("--plain", nargs="*", default=[], help="plain-text JSONL/Parquet files or hub dataset ids")
+    mix.add_argument("--counts", default="synthetic=all,instruct=12000,plain=5000",
+                     help="per source: all, a record count, or a fraction like 0.5 (default: the paper's mix)")
+    mix.add_argument("--seed", type=int, default=42)
+    mix.add_argument("--tokenizer", default="tenfold/tiny-llama", help="counts tokens and cuts plain text to --max-length")
+    mix.add_argument("--max-length", dest="max_length", type=int, default=81920, help="plain text is cut to this many tokens")
+    mix.set_defaults(func=cmd_mix)
+
+    evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
+    benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
+    for name, (_, help_text, flags) in EVAL_BENCHMARKS.items():
+        bench = benchmarks.add_parser(name, help=help_text)
+        bench.add_argument("--model", required=True, help="model dir, hub id, tenfold/<name>, or a `tenfold train` output")
+        bench.add_argument("--output-dir", required=True)
+        bench.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"])
+        bench.add_argument("--rope-theta", type=float, help="override the RoPE base in memory (training-free extension)")
+        bench.add_argument("--tokenizer", help="tokenizer to count tokens with (default: the model's)")
+        bench.add_argument("--max-length", type=int, help="the longest input to allow (default: the model's config)")
+        bench.add_argument("--batch-size", type=int, help="prompts per generate call (transformers)")
+        bench.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+        bench.add_argument("--base-url", help="OpenAI-compatible endpoint (--backend openai); key from OPENAI_API_KEY")
+        for flag, spec in flags:
+            bench.add_argument(flag, **spec)
+    suite = benchmarks.add_parser("all", help="run the suite in a YAML file's `eval:` section; one summary table")
+    suite.add_argument("--suite", required=True, help="YAML with an eval: section (models, benchmarks)")
+    suite.add_argument("--output-dir", required=True)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,279 @@
+"""Model backends for `tenfold eval`: transformers (default), an OpenAI-compatible endpoint, vLLM.
+
+Every benchmark talks to one `Backend`: `generate` (greedy, stops at every end token the chat
+template uses, returns the completions only) and, for the transformers backend,
+`next_token_logprobs` (MMLU). `load_backend` accepts a model directory, a hub id, `tenfold/<name>`
+or the output of `tenfold train` (base + adapter, unmerged), and can override the RoPE base in
+memory so a training-free extension is measured with the same code as a trained one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+# End-of-turn / end-of-text markers of the common chat templates. Llama-3's generation config stops at
+# both <|end_of_text|> and <|eot_id|>; a tokenizer whose eos is only one of them would run on past the
+# other (FlagEmbedding issue #882), so every marker the vocabulary holds is a stop token.
+END_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>",
+              "<|end|>", "</s>")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "tenfold.json").is_file() or (path / "adapter" / "tenfold.json").is_file()
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The eos ids of the generation config and tokenizer plus every known end marker in the vocabulary."""
+    ids = set()
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_TOKENS if token in vocab)
+    return sorted(ids)
+
+
+def render_prompt(tokenizer, prompt: str, chat: bool, answer_prefix: str = "") -> list[int]:
+    """Token ids of one prompt: in the chat template as one user turn (ready for the answer), or raw.
+
+    `answer_prefix` starts the answer (RULER's "The special magic number ... is"), after the template."""
+    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    if not chat:
+        return list(tokenizer(prompt)["input_ids"]) + prefix
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template; pass chat=False (--no-chat) or a tokenizer that has one")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    # A template that writes the BOS itself must not get a second one from the tokenizer.
+    has_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
+    return list(tokenizer(text, add_special_tokens=not has_bos)["input_ids"]) + prefix
+
+
+class Backend:
+    """What a benchmark needs from a model. `tokenizer` counts and cuts text in the model's tokens."""
+
+    tokenizer = None
+    max_length: int | None = None
+    name: str = ""
+
+    def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                 answer_prefix: str | list[str] = "") -> list[str]:
+        raise NotImplementedError
+
+    def next_token_logprobs(self, prompts: list[str], chat: bool = True) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} gives no token scores; use the transformers backend")
+
+    def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
+        """Tokens the model reads for this prompt (template included)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path)")
+        return len(render_prompt(self.tokenizer, prompt, chat, answer_prefix))
+
+    def describe(self) -> dict:
+        return {"backend": type(self).__name__, "model": self.name, "max_length": self.max_length}
+
+
+class TransformersBackend(Backend):
+    def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
+                 dtype: str = "auto", device: str | None = None, batch_size: int = 8,
+                 max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa"):
+        from tenfold.train.model import load_tokenizer, resolve_model_path
+
+        self.name = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            dtype = "bfloat16" if cuda_bf16 else "float32"
+        path = resolve_model_path(model)
+        if is_adapter_dir(path):
+            self.model, self.rope = self._load_adapter(path, rope_theta, dtype)
+            from tenfold.train.merge import adapter_dir
+            tokenizer = tokenizer or str(adapter_dir(path))  # `tenfold train` saves the tokenizer with the adapter
+        else:
+            self.model, self.rope = self._load_model(path, rope_theta, dtype, attn_implementation)
+        self.model.to(self.device).eval()
+        self.tokenizer = load_tokenizer(tokenizer or path)
+        self.tokenizer.padding_side = "left"
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
+        self.max_length = max_length or self.model.config.max_position_embeddings
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+
+    @staticmethod
+    def _load_model(path: str, rope_theta: float | None, dtype: str, attn_implementation: str):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from tenfold.recipe import RopeSettings
+        from tenfold.rope import apply_rope, current_rope
+
+        config = AutoConfig.from_pretrained(path)
+        rope = apply_rope(config, RopeSettings(theta=rope_theta)) if rope_theta else current_rope(config)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=getattr(torch, dtype),
+                                                     attn_implementation=attn_implementation)
+        return model, rope
+
+    @staticmethod
+    def _load_adapter(path: str, rope_theta: float | None, dtype: str):
+        from peft import PeftModel
+
+        from tenfold.recipe import recipe_from_dict
+        from tenfold.train.merge import adapter_dir, load_unmerged
+        from tenfold.train.model import load_base_model
+
+        if rope_theta is None:
+            model, meta = load_unmerged(path, dtype)
+            return model, meta["rope_parameters"]
+        adapter = adapter_dir(path)  # as load_unmerged, with the recipe's RoPE base replaced
+        recipe = recipe_from_dict(json.loads((adapter / "tenfold.json").read_text())["recipe"])
+        recipe.rope.theta = rope_theta
+        base, rope = load_base_model(recipe, torch.device("cpu"), quantize=False, dtype=getattr(torch, dtype))
+        return PeftModel.from_pretrained(base, adapter), rope
+
+    def describe(self) -> dict:
+        return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids, "dtype": str(self.model.dtype)}
+
+    def _batches(self, encoded: list[list[int]], extra_tokens: int = 0):
+        """Indices grouped into batches of similar length (little padding), within the batch limits."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        batch: list[int] = []
+        for i in order:
+            longest = len(encoded[batch[0]]) + extra_tokens if batch else len(encoded[i]) + extra_tokens
+            if batch and (len(batch) >= self.batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                     answer_prefix: str | list[str] = "") -> list[list[int]]:
+        """New token ids per prompt, greedy, cut after the first stop token (which is kept)."""
+        prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
+        encoded = [render_prompt(self.tokenizer, p, chat, a) for p, a in zip(prompts, prefixes)]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        for batch in self._batches(encoded, max_new_tokens):
+            ids, mask = self._pad([encoded[i] for i in batch])
+            generated = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                temperature=None, top_p=None, top_k=None, num_beams=1,
+                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+            )[:, ids.shape[1]:].tolist()
+            for i, row in zip(batch, generated):
+                stop = next((t for t, token in enumerate(row) if token in self.stop_ids), None)
+                outputs[i] = row if stop is None else row[:stop + 1]
+        return outputs
+
+    def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                 answer_prefix: str | list[str] = "") -> list[str]:
+        return [self.tokenizer.decode(row, skip_special_tokens=True)
+                for row in self.generate_ids(prompts, max_new_tokens, chat, answer_prefix)]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: list[str], chat: bool = True) -> torch.Tensor:
+        encoded = [render_prompt(self.tokenizer, p, chat) for p in prompts]
+        result = torch.empty(len(prompts), self.model.config.vocab_size)
+        for batch in self._batches(encoded):
+            ids, mask = self._pad([encoded[i] for i in batch])
+            # logits_to_keep=1: only the last position's logits, never [batch, length, vocab].
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+            result[batch] = torch.log_softmax(logits.float(), dim=-1).cpu()
+        return result
+
+
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM serve, llama.cpp, TGI...); the key comes from the environment."""
+
+    def __init__(self, model: str, base_url: str | None = None, tokenizer: str | None = None,
+                 max_length: int | None = None, api_key_env: str = "OPENAI_API_KEY", client=None,
+                 system_prompt: str | None = None):
+        import openai
+
+        self.name = model
+        self.client = client or openai.OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                                              api_key=os.environ.get(api_key_env, "EMPTY"))
+        self.max_length, self.system_prompt = max_length, system_prompt
+        if tokenizer:
+            from tenfold.train.model import load_tokenizer
+            self.tokenizer = load_tokenizer(tokenizer)
+
+    def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path "
+                             f"of a tokenizer close to the served model's)")
+        return len(self.tokenizer(prompt + answer_prefix, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                 answer_prefix: str | list[str] = "") -> list[str]:
+        completions = []  # an API cannot start the answer for the model: the answer prefix ends the prompt
+        prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
+        for prompt in (p + a for p, a in zip(prompts, prefixes)):
+            if chat:
+                messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + \
+                           [{"role": "user", "content": prompt}]
+                reply = self.client.chat.completions.create(model=self.name, messages=messages, temperature=0,
+                                                            max_tokens=max_new_tokens)
+                completions.append(reply.choices[0].message.content or "")
+            else:
+                reply = self.client.completions.create(model=self.name, prompt=prompt, temperature=0,
+                                                       max_tokens=max_new_tokens)
+                completions.append(reply.choices[0].text or "")
+        return completions
+
+
+class VLLMBackend(Backend):
+    """vLLM on a GPU (not run by the tests: they have neither vLLM nor a GPU)."""
+
+    def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
+                 max_length: int | None = None, **engine_options):
+        from vllm import LLM  # noqa: F401  (ImportError says what to install)
+
+        from tenfold.train.model import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(model)
+        if is_adapter_dir(path):
+            raise ValueError(f"{model}: vLLM needs a standalone model; run `tenfold merge` first")
+        overrides = {"rope_theta": rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}} \
+            if rope_theta else None
+        self.name = model
+        self.llm = LLM(model=path, tokenizer=tokenizer or path, max_model_len=max_length, hf_overrides=overrides,
+                       **engine_options)
+        self.tokenizer = load_tokenizer(tokenizer or path)
+        self.max_length = max_length or self.llm.llm_engine.model_config.max_model_len
+        self.stop_ids = stop_token_ids(self.tokenizer, None)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                 answer_prefix: str | list[str] = "") -> list[str]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
+        inputs = [TokensPrompt(prompt_token_ids=render_prompt(self.tokenizer, p, chat, a)) for p, a in zip(prompts, prefixes)]
+        return [out.outputs[0].text for out in self.llm.generate(inputs, params, use_tqdm=False)]
+
+
+BACKENDS = {"transformers": TransformersBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}
+
+
+def load_backend(model: str, backend: str = "transformers", rope_theta: float | None = None,
+                 tokenizer: str | None = None, **options) -> Backend:
+    """A model ready for the benchmarks. `rope_theta` overrides the RoPE base in memory (not for openai)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "openai":
+        if rope_theta is not None:
+            raise ValueError("--rope-theta cannot change a model behind an API; serve it with the base you want")
+        return OpenAIBackend(model, tokenizer=tokenizer, **options)
+    return BACKENDS[backend](model, rope_theta=rope_theta, tokenizer=tokenizer, **options)

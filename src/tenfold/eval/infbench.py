@@ -1,0 +1,129 @@
+"""`tenfold eval infbench`: InfiniteBench longbook_qa_eng (QA F1) and longbook_sum_eng (summary ROUGE).
+
+Prompts are InfiniteBench's own (OpenBMB/InfiniteBench src/prompt.py, a pinned commit, downloaded once
+into the cache or read from `prompts`, never shipped); the default template set is "yarn_mistral",
+the one the paper's code (FlagEmbedding eval_infbench.py) uses. The prompt is cut in the middle to
+`truncate_length` tokens (first half + last half; the paper: 80K) and generated greedily with
+InfiniteBench's lengths (40 new tokens for QA, 1,200 for summaries). Two presets:
+
+- "paper" (FlagEmbedding): cut counted without special tokens, then the chat template; summaries
+  scored with the `rouge` package's ROUGE-L F (as LongBench: errors and very long texts score 0).
+- "official" (InfiniteBench's eval_yarn_mistral.py + compute_scores.py): cut counted with the BOS
+  (`tok.encode`), raw prompt, no chat template; summaries scored with ROUGE-Lsum of Google's
+  rouge-score (what `evaluate.load("rouge")` runs), best over the references.
+QA is token F1 after SQuAD normalization, best over the answers, in both. Scores are x100.
+"""
+
+from __future__ import annotations
+
+import ast
+import urllib.request
+from pathlib import Path
+
+from tenfold.data.tokenize import read_jsonl
+from tenfold.eval.longbench import cache_dir
+from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
+from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+
+TASKS = ("longbook_qa_eng", "longbook_sum_eng")
+MAX_NEW_TOKENS = {"longbook_qa_eng": 40, "longbook_sum_eng": 1200}  # InfiniteBench eval_utils.py
+PRESETS = {"paper": {"count_bos": False, "chat": True, "sum_metric": "rouge-l (rouge package)"},
+           "official": {"count_bos": True, "chat": False, "sum_metric": "rougeLsum (rouge-score)"}}
+PROMPT_URL = "https://raw.githubusercontent.com/OpenBMB/InfiniteBench/88b3daa6989da2fbe0077170d7a3c84c25d5ae58/src/prompt.py"
+DATA_REPO = "xinrongzhang2022/InfiniteBench"  # a Hugging Face dataset with <task>.jsonl
+
+
+def load_templates(prompts: str | Path | None = None, template_set: str = "yarn_mistral") -> dict[str, str]:
+    """`<template_set>_templates` of InfiniteBench's src/prompt.py, read as literals (never executed)."""
+    path = Path(prompts) if prompts else cache_dir() / "infbench" / "prompt.py"
+    if not path.is_file():
+        if prompts:
+            raise FileNotFoundError(f"{path} not found; give InfiniteBench's src/prompt.py")
+        try:
+            with urllib.request.urlopen(PROMPT_URL, timeout=30) as reply:
+                text = reply.read()
+        except OSError as e:
+            raise FileNotFoundError(f"could not download InfiniteBench's prompt.py ({e}); pass --prompts with "
+                                    f"src/prompt.py of an OpenBMB/InfiniteBench checkout") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text)
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == f"{template_set}_templates":
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{path}: no {template_set}_templates; use yarn_mistral, gpt4, claude2 or kimi")
+
+
+def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
+    if data_dir is None:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(DATA_REPO, f"{task}.jsonl", repo_type="dataset"))
+    else:
+        path = Path(data_dir) / f"{task}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; --data-dir must hold InfiniteBench's <task>.jsonl files")
+    records = list(read_jsonl(path))
+    for i, record in enumerate(records, start=1):
+        if not {"id", "context", "input", "answer"} <= set(record):
+            raise ValueError(f"{path}, record {i}: needs id, context, input and answer (InfiniteBench's layout)")
+    return records
+
+
+def truncate_middle(tokenizer, text: str, length: int, count_bos: bool) -> str:
+    """InfiniteBench's cut: tokens[:length // 2] + tokens[-length // 2:], decoded without special tokens."""
+    ids = tokenizer(text, add_special_tokens=count_bos)["input_ids"]
+    if len(ids) <= length:
+        return text
+    return tokenizer.decode(ids[:length // 2] + ids[-length // 2:], skip_special_tokens=True)
+
+
+def summary_score(prediction: str, references: list[str], preset: str) -> float:
+    if preset == "paper":
+        try:
+            return max(_rouge_l(prediction, reference) for reference in references)
+        except Exception:  # FlagEmbedding maps the package's RecursionError to 0 (and crashes on the rest)
+            return 0.0
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"])  # evaluate's rouge: no stemmer, default tokenizer
+    return scorer.score_multi(references, prediction)["rougeLsum"].fmeasure
+
+
+def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None, preset: str = "paper",
+                 truncate_length: int = 80000, template_set: str = "yarn_mistral", prompts: str | Path | None = None,
+                 data_dir: str | Path | None = None, limit: int | None = None) -> dict:
+    """Generate and score into output_dir (infbench.json, .summary.json, .predictions.jsonl)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown InfiniteBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+    tasks = list(tasks or TASKS)
+    if any(t not in TASKS for t in tasks):
+        raise ValueError(f"infbench: unknown task(s) {set(tasks) - set(TASKS)}; use {', '.join(TASKS)}")
+    if backend.tokenizer is None:
+        raise ValueError(f"infbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
+    settings = PRESETS[preset]
+    check_length(backend, "infbench", truncate_length + 64, max(MAX_NEW_TOKENS[t] for t in tasks))  # 64: template
+    templates = load_templates(prompts, template_set)
+
+    out = Path(output_dir)
+    records, scores = [], {}
+    for task in tasks:
+        cases = []
+        for record in load_data(task, data_dir)[:limit]:
+            answers = record["answer"] if isinstance(record["answer"], list) else [record["answer"]]
+            prompt = templates[task].format(context=record["context"], question=record["input"], input=record["input"])
+            cases.append({"id": f"{task}/{record['id']}", "task": task, "answers": answers,
+                          "prompt": truncate_middle(backend.tokenizer, prompt, truncate_length, settings["count_bos"])})
+
+        def score_case(case: dict, prediction: str) -> dict:
+            if case["task"] == "longbook_qa_eng":
+                return {"score": max(qa_f1_score(prediction, answer) for answer in case["answers"])}
+            return {"score": summary_score(prediction, case["answers"], preset)}
+
+        done = run_cases(backend, cases, out / "infbench.predictions.jsonl", MAX_NEW_TOKENS[task], score_case,
+                         chat=settings["chat"], desc=f"infbench {task}")
+        scores[task] = 100 * mean(r["score"] for r in done)
+        records += done
+    summary = {"benchmark": "infbench", "model": backend.describe(), "preset": preset, "template_set": template_set,
+               "truncate_length": truncate_length, "summary_metric": settings["sum_metric"], "scores": scores,
+               "score": mean(scores.values())}
+    return write_outputs(out, "infbench", records, summary)

@@ -1,0 +1,254 @@
+"""`tenfold eval longbench`: LongBench v1 (THUDM/LongBench) as its pred.py and eval.py run it.
+
+For each dataset: fill the official per-dataset prompt, cut it in the middle to `max_length` tokens
+(the first half plus the last half, counted with the BOS, decoded without special tokens), apply the
+chat template except for trec, triviaqa, samsum, lsht, lcc and repobench-p, generate greedily up to
+the official per-dataset length, and score with the official metrics (`score`, `score_e`: equal to
+LongBench's eval.py on any predictions; see longbench_metrics.py for the rules that make it so).
+
+Two presets say how the table is averaged; reports name the one used:
+- "official": the LongBench leaderboard: category = mean of its datasets, Avg = mean of the categories.
+- "paper": FlagEmbedding's eval_longbench.py (Zhang et al., 2024): the same categories, Avg = mean
+  of the 16 English datasets. (The paper's code also stops generation at the first "\\n" token on
+  every task; tenfold's backends stop at the template's end tokens only, as LongBench's pred.py.)
+LongBench's samsum generation additionally forbids an end token as the first token and stops at
+"\\n"; the scorer keeps only the first line of a samsum prediction, so greedy decoding gives the same
+score unless the model's first token is an end token or "\\n".
+
+The prompt and length configs belong to LongBench: read from `config_dir`, else downloaded once from
+THUDM/LongBench on GitHub (pinned commit) into the cache. The data is read from `data_dir`
+(`<name>.jsonl` / `<name>_e.jsonl`, the layout of the official data.zip), else from data.zip on the
+Hugging Face hub (THUDM/LongBench).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tenfold.data.tokenize import read_jsonl
+from tenfold.eval.longbench_metrics import DATASET_METRIC
+from tenfold.eval.runner import check_length, run_cases, write_outputs
+
+CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
+    "Single-Doc QA": ["narrativeqa", "qasper", "multifieldqa_en"],
+    "Multi-Doc QA": ["hotpotqa", "2wikimqa", "musique"],
+    "Summarization": ["gov_report", "qmsum", "multi_news"],
+    "Few-shot": ["trec", "triviaqa", "samsum"],
+    "Synthetic": ["passage_count", "passage_retrieval_en"],
+    "Code": ["lcc", "repobench-p"],
+}
+CATEGORIES_ZH = {"Single-Doc QA": ["multifieldqa_zh"], "Multi-Doc QA": ["dureader"], "Summarization": ["vcsum"],
+                 "Few-shot": ["lsht"], "Synthetic": ["passage_retrieval_zh"], "Code": ["lcc", "repobench-p"]}
+ENGLISH = [name for names in CATEGORIES.values() for name in names]  # the paper's 16 datasets
+CHINESE = ["multifieldqa_zh", "dureader", "vcsum", "lsht", "passage_retrieval_zh"]
+LONGBENCH_E = ["qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
+               "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p"]
+NO_CHAT_TEMPLATE = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"}  # few-shot and code: raw text
+FIRST_LINE_ONLY = {"trec", "triviaqa", "samsum", "lsht"}
+PRESETS = ("official", "paper")
+
+CONFIG_URL = "https://raw.githubusercontent.com/THUDM/LongBench/2e00731f8d0bff23dc4325161044d0ed8af94c1e/LongBench/config/{}"
+CONFIG_FILES = ("dataset2prompt.json", "dataset2maxlen.json")
+DATA_REPO = "THUDM/LongBench"  # a Hugging Face dataset; data.zip holds data/<name>.jsonl
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TENFOLD_CACHE", Path.home() / ".cache" / "tenfold"))
+
+
+# ---------------------------------------------------------------- scoring (LongBench's eval.py)
+
+def _sample_score(dataset: str, prediction: str, ground_truths: list[str], all_classes) -> float:
+    if dataset in FIRST_LINE_ONLY:
+        prediction = prediction.lstrip("\n").split("\n")[0]
+    metric = DATASET_METRIC[dataset]
+    score = 0.0
+    for ground_truth in ground_truths:
+        score = max(score, metric(prediction, ground_truth, all_classes=all_classes))
+    return score
+
+
+def score(dataset: str, predictions: list[str], answers: list[list[str]], all_classes) -> float:
+    """LongBench's `scorer`: round(100 * mean over samples of the max over ground truths, 2)."""
+    if dataset not in DATASET_METRIC:
+        raise ValueError(f"unknown LongBench dataset {dataset!r}; use one of {', '.join(DATASET_METRIC)}")
+    total = 0.0
+    for prediction, ground_truths in zip(predictions, answers):
+        total += _sample_score(dataset, prediction, ground_truths, all_classes)
+    return round(100 * total / len(predictions), 2)
+
+
+def score_e(dataset: str, predictions: list[str], answers: list[list[str]], lengths: list[int], all_classes) -> dict:
+    """LongBench's `scorer_e`: the same per bucket of the `length` field (words, or characters for
+    Chinese): "0-4k", "4-8k", "8k+". An empty bucket is NaN, as numpy's mean of nothing."""
+    if dataset not in DATASET_METRIC:
+        raise ValueError(f"unknown LongBench dataset {dataset!r}; use one of {', '.join(DATASET_METRIC)}")
+    buckets = {"0-4k": [], "4-8k": [], "8k+": []}
+    for prediction, ground_truths, length in zip(predictions, answers, lengths):
+        bucket = "0-4k" if length < 4000 else "4-8k" if length < 8000 else "8k+"
+        buckets[bucket].append(_sample_score(dataset, prediction, ground_truths, all_classes))
+    # As eval.py: numpy's mean (pairwise sum) rounded as a numpy float, which can differ from Python's round.
+    return {name: float(round(100 * np.mean(values), 2)) if values else float("nan") for name, values in buckets.items()}
+
+
+def summarize(scores: dict[str, float], preset: str = "official") -> dict:
+    """Category averages of Table 1 (and of the Chinese table when Chinese datasets were run), and Avg."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+
+    def categories(table):
+        return {name: round(float(np.mean([scores[d] for d in names if d in scores])), 2)
+                for name, names in table.items() if any(d in scores for d in names)}
+
+    english = categories(CATEGORIES)
+    result = {"preset": preset, "categories": english}
+    if preset == "paper":
+        result["avg"] = round(float(np.mean([scores[d] for d in ENGLISH if d in scores])), 2) if english else None
+        result["avg_of"] = "English datasets"
+    else:
+        result["avg"] = round(float(np.mean(list(english.values()))), 2) if english else None
+        result["avg_of"] = "categories"
+    if any(d in scores for d in CHINESE):
+        chinese = categories(CATEGORIES_ZH)
+        result["categories_zh"] = chinese
+        result["avg_zh"] = round(float(np.mean(list(chinese.values()))), 2)
+    return result
+
+
+# ---------------------------------------------------------------- assets
+
+def load_configs(config_dir: str | Path | None = None) -> tuple[dict[str, str], dict[str, int]]:
+    """LongBench's dataset2prompt.json and dataset2maxlen.json, from config_dir or the cached download."""
+    folder = Path(config_dir) if config_dir else cache_dir() / "longbench" / "config"
+    for name in CONFIG_FILES:
+        path = folder / name
+        if path.is_file():
+            continue
+        if config_dir:
+            raise FileNotFoundError(f"{path} is missing; give the folder LongBench/config of THUDM/LongBench")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with urllib.request.urlopen(CONFIG_URL.format(name), timeout=30) as reply:
+                data = reply.read()
+            json.loads(data)
+            (folder / f"{name}.part").write_bytes(data)
+            (folder / f"{name}.part").rename(path)
+        except OSError as e:
+            raise FileNotFoundError(f"could not download LongBench's {name} ({e}); pass --config-dir with the "
+                                    f"folder LongBench/config of a THUDM/LongBench checkout") from None
+    return tuple(json.loads((folder / name).read_text()) for name in CONFIG_FILES)
+
+
+def load_data(dataset: str, data_dir: str | Path | None = None, longbench_e: bool = False) -> list[dict]:
+    """The records of one dataset: {"input", "context", "answers", "length", "all_classes", "_id", ...}."""
+    name = f"{dataset}_e" if longbench_e else dataset
+    if data_dir is None:
+        data_dir = _hub_data_dir()
+    candidates = [Path(data_dir) / f"{name}.jsonl", Path(data_dir) / "data" / f"{name}.jsonl"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{candidates[0]} not found; --data-dir must hold LongBench's <name>.jsonl files "
+                                f"(the official data.zip unpacked)")
+    records = list(read_jsonl(path))
+    for i, record in enumerate(records):
+        missing = {"input", "context", "answers", "length", "all_classes", "_id"} - set(record)
+        if missing:
+            raise ValueError(f"{path}, record {i + 1}: lacks {', '.join(sorted(missing))}; "
+                             f"use LongBench's own JSONL files")
+    return records
+
+
+def _hub_data_dir() -> Path:
+    from huggingface_hub import hf_hub_download
+
+    archive = Path(hf_hub_download(DATA_REPO, "data.zip", repo_type="dataset"))
+    target = cache_dir() / "longbench" / "data"
+    if not (target / "data").is_dir():
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+    return target
+
+
+# ---------------------------------------------------------------- prediction (LongBench's pred.py)
+
+def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
+    """pred.py's cut: tokens with the BOS; if longer than max_length, the first and the last half."""
+    ids = tokenizer(prompt, truncation=False)["input_ids"]
+    if len(ids) <= max_length:
+        return prompt
+    half = int(max_length / 2)
+    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
+
+
+def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str, max_length: int) -> list[dict]:
+    cases = []
+    for record in records:
+        prompt = truncate_middle(tokenizer, prompt_format.format(**record), max_length)
+        cases.append({"id": f"{dataset}/{record['_id']}", "dataset": dataset, "answers": record["answers"],
+                      "all_classes": record["all_classes"], "length": record["length"], "prompt": prompt})
+    return cases
+
+
+def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = None, preset: str = "official",
+                  truncate_length: int | None = None, longbench_e: bool = False, data_dir: str | Path | None = None,
+                  config_dir: str | Path | None = None, limit: int | None = None) -> dict:
+    """Generate, score and average into output_dir (longbench.json, .summary.json, .predictions.jsonl).
+
+    truncate_length: prompt tokens after the middle cut, BOS included (pred.py's max_length: 3500 for 4K
+    models, 7500 for 8K, 31500 for 32K and in the paper); default the model's length minus 500.
+    limit: the first N records of each dataset.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+    datasets = list(datasets or (LONGBENCH_E if longbench_e else ENGLISH))
+    allowed = LONGBENCH_E if longbench_e else list(DATASET_METRIC)
+    unknown = [d for d in datasets if d not in allowed]
+    if unknown:
+        raise ValueError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
+                         f"use some of {', '.join(allowed)}")
+    if backend.tokenizer is None:
+        raise ValueError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
+    if truncate_length is None:
+        if not backend.max_length or backend.max_length <= 1000:
+            raise ValueError(f"longbench: pass --truncate-length (the model holds {backend.max_length} tokens)")
+        truncate_length = backend.max_length - 500
+    prompts, max_new_tokens = load_configs(config_dir)
+    check_length(backend, "longbench", truncate_length + 64, max(max_new_tokens[d] for d in datasets))  # 64: template
+
+    name = "longbench_e" if longbench_e else "longbench"
+    out = Path(output_dir)
+    records, scores = [], {}
+    for dataset in datasets:
+        data = load_data(dataset, data_dir, longbench_e)[:limit]
+        cases = build_cases(backend.tokenizer, dataset, data, prompts[dataset], truncate_length)
+
+        def score_case(case: dict, prediction: str, dataset=dataset) -> dict:
+            return {"score": _sample_score(dataset, prediction, case["answers"], case["all_classes"])}
+
+        done = run_cases(backend, cases, out / f"{name}.predictions.jsonl", max_new_tokens[dataset], score_case,
+                         chat=dataset not in NO_CHAT_TEMPLATE, desc=f"longbench {dataset}")
+        predictions, answers = [r["prediction"] for r in done], [r["answers"] for r in done]
+        all_classes = done[-1]["all_classes"] if done else None  # eval.py keeps the last record's
+        if longbench_e:
+            scores[dataset] = score_e(dataset, predictions, answers, [r["length"] for r in done], all_classes)
+        else:
+            scores[dataset] = score(dataset, predictions, answers, all_classes)
+        records += done
+
+    summary = {"benchmark": name, "model": backend.describe(), "preset": preset, "truncate_length": truncate_length,
+               "scores": scores}
+    if longbench_e:  # the table per length bucket; "score": the mean of the bucket averages
+        summary["buckets"] = {bucket: summarize({d: s[bucket] for d, s in scores.items() if s[bucket] == s[bucket]},
+                                                preset) for bucket in ("0-4k", "4-8k", "8k+")}
+        bucket_avgs = [b["avg"] for b in summary["buckets"].values() if b["avg"] is not None]
+        summary["score"] = round(float(np.mean(bucket_avgs)), 2) if bucket_avgs else None
+    else:
+        summary.update(summarize(scores, preset))
+        summary["score"] = summary["avg"]
+    return write_outputs(out, name, records, summary)

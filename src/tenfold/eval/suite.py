@@ -1,0 +1,108 @@
+"""`tenfold eval all`: every model of a suite on every benchmark, and one table comparing them.
+
+The suite is the `eval:` section of a YAML file (a recipe may carry it):
+
+    eval:
+      models:                      # column name -> load_backend arguments
+        base: {model: meta-llama/Meta-Llama-3-8B-Instruct}
+        rope-only: {model: meta-llama/Meta-Llama-3-8B-Instruct, rope_theta: 200000000}
+        tenfold: {model: runs/llama3-80k}
+      backend_options: {max_length: 131072}   # optional, for every model
+      benchmarks:                  # benchmark -> its function's keyword arguments
+        needle: {preset: paper}
+        topic: {}
+        longbench: {preset: paper}
+
+Each model's results go to OUTPUT_DIR/<model>/ (each benchmark resumes from its predictions file);
+the table goes to OUTPUT_DIR/summary.md and summary.json: one row per benchmark score, plus a row
+per length / group / task where a benchmark reports them, one column per model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import import_module
+from pathlib import Path
+
+import yaml
+
+from tenfold.eval.backends import load_backend
+
+BENCHMARKS = {
+    "needle": "tenfold.eval.needle:run_needle",
+    "passkey": "tenfold.eval.passkey:run_passkey",
+    "topic": "tenfold.eval.topic:run_topic",
+    "ruler": "tenfold.eval.ruler:run_ruler",
+    "longbench": "tenfold.eval.longbench:run_longbench",
+    "infbench": "tenfold.eval.infbench:run_infbench",
+    "mmlu": "tenfold.eval.mmlu:run_mmlu",
+}
+BREAKDOWNS = ("by_length", "by_num_topics", "by_category", "by_task", "by_dataset")  # per-benchmark detail rows
+
+
+def load_suite(suite: str | Path | dict) -> dict:
+    if isinstance(suite, dict):
+        raw, source = suite, "suite"
+    else:
+        source = str(suite)
+        if not Path(suite).is_file():
+            raise FileNotFoundError(f"suite file {suite} not found")
+        raw = yaml.safe_load(Path(suite).read_text()) or {}
+    section = raw.get("eval", raw)
+    models, benchmarks = section.get("models"), section.get("benchmarks")
+    if not isinstance(models, dict) or not models or not isinstance(benchmarks, dict) or not benchmarks:
+        raise ValueError(f"{source}: the eval section needs `models` (name -> {{model: ...}}) and `benchmarks` "
+                         f"(name -> options) mappings")
+    unknown = [name for name in benchmarks if name not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"{source}: unknown benchmark(s) {', '.join(unknown)}; use {', '.join(BENCHMARKS)}")
+    for name, spec in models.items():
+        if not isinstance(spec, dict) or "model" not in spec:
+            raise ValueError(f"{source}: model {name!r} needs a `model:` key (path, hub id or tenfold/<name>)")
+    return {"models": models, "benchmarks": benchmarks, "backend_options": section.get("backend_options") or {}}
+
+
+def summary_rows(benchmark: str, summary: dict) -> dict[str, float]:
+    """The table rows one benchmark summary gives: its score, then its breakdowns."""
+    label = f"{benchmark} ({summary.get('preset') or summary.get('scorer', 'score')})"
+    rows = {label: summary["score"]}
+    for key in BREAKDOWNS:
+        for part, value in (summary.get(key) or {}).items():
+            if isinstance(value, (int, float)):
+                rows[f"{benchmark} {key.removeprefix('by_').replace('_', ' ')} {part}"] = value
+    return rows
+
+
+def markdown_table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
+    def cell(value):
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {row} | " + " | ".join(cell(values.get(c)) for c in columns) + " |" for row, values in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
+    """Run every benchmark for every model; returns {"models", "benchmarks", "rows", "summaries"}."""
+    settings = load_suite(suite)
+    out = Path(output_dir)
+    rows: dict[str, dict[str, float]] = {}
+    summaries: dict[str, dict[str, dict]] = {}
+    for model_name, spec in settings["models"].items():
+        spec = {**settings["backend_options"], **spec}
+        backend = load_backend(spec.pop("model"), spec.pop("backend", "transformers"), spec.pop("rope_theta", None),
+                               spec.pop("tokenizer", None), **spec)
+        for benchmark, options in settings["benchmarks"].items():
+            module, function = BENCHMARKS[benchmark].split(":")
+            summary = getattr(import_module(module), function)(backend, out / model_name, **(options or {}))
+            summaries.setdefault(benchmark, {})[model_name] = summary
+            for row, value in summary_rows(benchmark, summary).items():
+                rows.setdefault(row, {})[model_name] = value
+        del backend  # one model in memory at a time
+    table = {"models": list(settings["models"]), "benchmarks": list(settings["benchmarks"]), "rows": rows,
+             "summaries": summaries}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
+    (out / "summary.md").write_text(markdown_table(table["models"], rows))
+    return table

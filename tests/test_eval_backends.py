@@ -1,0 +1,129 @@
+import copy
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+from tokenizers import processors
+
+from tenfold.eval.backends import load_backend, render_prompt, stop_token_ids
+from tenfold.recipe import load_recipe
+from tenfold.rope import rotary_inv_freq
+from tenfold.train.loop import train
+
+
+def base_inv_freq(theta, head_dim):
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return load_backend(str(tiny_model_dir), batch_size=4)
+
+
+def test_stop_tokens_are_every_end_marker_of_the_llama3_template(backend):
+    tok = backend.tokenizer
+    assert tok.eos_token == "<|eot_id|>"  # the tokenizer alone knows only one of the two
+    ids = stop_token_ids(tok, backend.model.generation_config)
+    assert tok.convert_tokens_to_ids("<|eot_id|>") in ids
+    assert tok.convert_tokens_to_ids("<|end_of_text|>") in ids
+    assert backend.stop_ids == ids
+
+
+def test_generation_stops_at_end_of_text_though_the_eos_is_eot(backend):
+    end_of_text = backend.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    lm_head = backend.model.lm_head
+    forced = torch.nn.Linear(lm_head.in_features, lm_head.out_features, bias=True)
+    with torch.no_grad():
+        forced.weight.zero_()
+        forced.bias.zero_()
+        forced.bias[end_of_text] = 100.0  # the model now always says <|end_of_text|>
+    backend.model.lm_head = forced
+    try:
+        assert backend.generate_ids(["what is the number of anna ?"], max_new_tokens=8) == [[end_of_text]]
+        assert backend.generate(["what is the number of anna ?", "hi"], max_new_tokens=8) == ["", ""]
+    finally:
+        backend.model.lm_head = lm_head
+
+
+def test_chat_prompt_has_exactly_one_bos_and_raw_prompt_keeps_the_tokenizers_own(backend):
+    tok = copy.deepcopy(backend.tokenizer)
+    bos = tok.bos_token_id  # like Llama-3's tokenizer, this one now adds a BOS by itself
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                                   special_tokens=[("<|begin_of_text|>", bos)])
+    ids = render_prompt(tok, "what is the number of anna ?", chat=True)
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert tok.decode(ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    raw = render_prompt(tok, "day 3 : the red fox", chat=False)
+    assert raw[0] == bos and raw == tok("day 3 : the red fox")["input_ids"]
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(backend):
+    prompts = ["day 3 : the red fox paints two blue doors .", "hi", "what is the number of anna ? " * 6,
+               "the green owl", "day 9 : the gold hen hides one cup . day 10 :"]
+    batched = backend.generate(prompts, max_new_tokens=6)
+    single = [backend.generate([p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert all(isinstance(text, str) for text in batched)
+    assert batched == backend.generate(prompts, max_new_tokens=6)  # greedy: deterministic
+
+
+def test_next_token_logprobs_match_a_plain_forward_pass(backend):
+    prompts = ["what is the number of anna ?", "hi there, the red fox", "x"]
+    logprobs = backend.next_token_logprobs(prompts)
+    assert logprobs.shape == (3, backend.model.config.vocab_size)
+    torch.testing.assert_close(logprobs.exp().sum(-1), torch.ones(3))
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([render_prompt(backend.tokenizer, prompt, chat=True)])
+        with torch.no_grad():
+            expected = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1], -1)
+        torch.testing.assert_close(logprobs[i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_override_changes_the_live_inv_freq(tiny_model_dir, backend):
+    head_dim = 2 * rotary_inv_freq(backend.model).numel()
+    torch.testing.assert_close(rotary_inv_freq(backend.model).double(), base_inv_freq(500.0, head_dim))
+    raised = load_backend(str(tiny_model_dir), rope_theta=1e6)
+    torch.testing.assert_close(rotary_inv_freq(raised.model).double(), base_inv_freq(1e6, head_dim))
+    assert raised.rope["rope_theta"] == 1e6 and raised.describe()["rope"]["rope_theta"] == 1e6
+    prompt = ["day 3 : the red fox paints two blue doors . " * 4]
+    assert not torch.allclose(raised.next_token_logprobs(prompt), backend.next_token_logprobs(prompt))
+
+
+def test_adapter_directory_loads_base_plus_adapter_with_its_rope_or_an_override(tiny_model_dir, toy_data, tmp_path):
+    recipe = load_recipe("recipes/tiny-cpu.yaml", {
+        "model.name": str(tiny_model_dir), "data.train_files": [str(toy_data)], "data.max_length": 384,
+        "train.output_dir": str(tmp_path / "run"), "train.batch_size": 2, "train.micro_batch_size": 2,
+        "train.max_steps": 1, "train.save_every": 0})
+    train(recipe)
+    trained = load_backend(str(tmp_path / "run"))
+    head_dim = 2 * rotary_inv_freq(trained.model).numel()
+    torch.testing.assert_close(rotary_inv_freq(trained.model).double(), base_inv_freq(200000.0, head_dim))
+    assert trained.max_length == 384  # training grew max_position_embeddings to its length
+    assert type(trained.model).__name__ == "PeftModelForCausalLM"
+    overridden = load_backend(str(tmp_path / "run" / "adapter"), rope_theta=3e6)
+    torch.testing.assert_close(rotary_inv_freq(overridden.model).double(), base_inv_freq(3e6, head_dim))
+    assert len(overridden.generate(["what is the number of anna ?"], 4)) == 1
+
+
+def test_openai_backend_sends_a_greedy_chat_request():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "42"}}]})
+
+    client = openai.OpenAI(api_key="test", base_url="http://fake/v1", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    backend = load_backend("served-model", backend="openai", client=client, max_length=1000)
+    assert backend.generate(["what is the pass key?", "again"], max_new_tokens=7) == ["42", "42"]
+    path, body = seen[0]
+    assert path.endswith("/chat/completions") and len(seen) == 2
+    assert body["temperature"] == 0 and body["max_tokens"] == 7 and body["model"] == "served-model"
+    assert body["messages"] == [{"role": "user", "content": "what is the pass key?"}]
+    with pytest.raises(ValueError, match="tokenizer"):
+        backend.prompt_length("x")
+    with pytest.raises(ValueError, match="rope"):
+        load_backend("served-model", backend="openai", rope_theta=1e6, client=client)

@@ -1,0 +1,236 @@
+import copy
+import importlib.util
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from tokenizers import processors
+
+from tenfold.eval import longbench
+from tenfold.eval.backends import load_backend
+from tenfold.eval.longbench import (ENGLISH, build_cases, run_longbench, score, score_e, summarize,
+                                    truncate_middle)
+from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT.parent / "shared" / "benchmarks" / "longbench"  # LongBench's own configs, for tests only
+FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "longbench_official_scores.json").read_text())
+
+
+def _parity_cases():
+    spec = importlib.util.spec_from_file_location("longbench_parity_fixture", ROOT / "scripts" / "longbench_parity_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cases = module.build_cases()
+    assert module.cases_hash(cases) == FIXTURE["cases_sha256"], \
+        "the parity cases changed: regenerate the fixture with scripts/longbench_parity_fixture.py"
+    return cases
+
+
+def _same(ours, official):
+    return (official is None and math.isnan(ours)) or ours == official
+
+
+# ---------------------------------------------------------------- parity with LongBench's eval.py
+
+def test_every_case_scores_what_the_official_eval_py_gave():
+    cases = _parity_cases()
+    assert {c["dataset"] for c in cases} == set(longbench.DATASET_METRIC)  # all 21 datasets, every metric
+    mismatches = [(i, c["dataset"], c["pred"][:40], ours, official)
+                  for i, (c, official) in enumerate(zip(cases, FIXTURE["per_case"]))
+                  if (ours := score(c["dataset"], [c["pred"]], [c["answers"]], c["all_classes"])) != official]
+    assert not mismatches
+
+
+def test_dataset_and_longbench_e_scores_equal_the_official_eval_py():
+    by_dataset = defaultdict(list)
+    for case in _parity_cases():
+        by_dataset[case["dataset"]].append(case)
+    for dataset, rows in by_dataset.items():
+        preds, answers = [r["pred"] for r in rows], [r["answers"] for r in rows]
+        all_classes, lengths = rows[-1]["all_classes"], [r["length"] for r in rows]
+        assert score(dataset, preds, answers, all_classes) == FIXTURE["per_dataset"][dataset], dataset
+        ours = score_e(dataset, preds, answers, lengths, all_classes)
+        official = FIXTURE["per_dataset_e"][dataset]
+        assert ours.keys() == official.keys() and all(_same(ours[b], official[b]) for b in ours), dataset
+
+
+# ---------------------------------------------------------------- the rules, one by one
+
+def test_first_line_rule_applies_to_trec_triviaqa_samsum_lsht_only():
+    pred, answers = "\n\nParis\nLondon", [["London"]]
+    assert score("triviaqa", [pred], answers, None) == 0.0  # only "Paris" is scored
+    assert score("narrativeqa", [pred], answers, None) == 66.67  # the whole text is scored
+    assert score("samsum", ["\ncat sat\ndog ran"], [["dog ran"]], None) == 0.0
+    assert score("gov_report", ["\ncat sat\ndog ran"], [["dog ran"]], None) > 0
+
+
+def test_max_over_ground_truths_and_rounding():
+    assert score("hotpotqa", ["John went"], [["Mary", "John"]], None) == 66.67
+    assert score("hotpotqa", ["John", "nobody"], [["John"], ["John"]], None) == 50.0
+
+
+def test_rouge_keeps_the_rouge_package_behaviour():
+    assert rouge_score("", "the budget") == 0.0  # the package raises, the official code scores 0
+    assert rouge_score("the budget", "the budget") == pytest.approx(2 / (2 + 1e-8))  # F has a 1e-8 term, never 1
+    long_prediction = " ".join(f"w{i}" for i in range(1200))  # the recursive LCS overflows: silently 0
+    assert rouge_score(long_prediction, "alpha w3") == 0.0
+    assert rouge_score(" ".join(f"w{i}" for i in range(900)), "alpha w3") > 0
+
+
+def test_code_similarity_is_fuzzywuzzy_over_difflib_not_levenshtein():
+    # python-Levenshtein (and rapidfuzz) give 72 here; LongBench's requirements give difflib's 62.
+    assert code_sim_score("for (int i = 0; i < n; i++) {", "for (int j = n; j > 0; j--) {") == 0.62
+    assert code_sim_score("# comment\n`x`\nreturn y", "return y") == 1.0  # first line without ` # //
+    assert code_sim_score("", "") == 1.0 and code_sim_score("x", "") == 0.0
+
+
+def test_classification_keeps_the_official_list_mutation_quirk():
+    classes = ["财经", "新闻", "财经新闻"]
+    assert classification_score("财经新闻", "财经新闻", all_classes=classes) == 0.5  # not 1.0
+    assert classification_score("Human being", "Human being", all_classes=["Human", "Human being"]) == 1.0
+
+
+def test_english_f1_normalizes_case_punctuation_and_articles():
+    assert qa_f1_score("The Paris!", "paris") == 1.0
+    assert qa_f1_score("an", "the") == 0
+
+
+def test_longbench_e_buckets_by_the_length_field_and_empty_is_nan():
+    result = score_e("passage_count", ["1", "2", "3"], [["1"], ["2"], ["0"]], [3999, 4000, 7999], None)
+    assert result["0-4k"] == 100.0 and result["4-8k"] == 50.0 and math.isnan(result["8k+"])
+
+
+def test_presets_average_categories_or_english_datasets():
+    scores = {d: 10.0 for d in ENGLISH}
+    scores.update({"lcc": 70.0, "repobench-p": 70.0})  # Code: 2 datasets of 16, 1 category of 6
+    official, paper = summarize(scores, "official"), summarize(scores, "paper")
+    assert official["categories"]["Code"] == 70.0 and official["categories"]["Few-shot"] == 10.0
+    assert official["avg"] == 20.0 and official["preset"] == "official"  # (5 * 10 + 70) / 6
+    assert paper["avg"] == 17.5 and paper["preset"] == "paper"  # (14 * 10 + 2 * 70) / 16
+    assert list(official["categories"]) == ["Single-Doc QA", "Multi-Doc QA", "Summarization", "Few-shot",
+                                            "Synthetic", "Code"]
+
+
+# ---------------------------------------------------------------- the runner on a tiny model
+
+WORDS = "the red fox paints two blue doors . anna has a green owl . day 3 : the gold hen hides one cup .".split()
+
+
+def _write_data(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for dataset in ("narrativeqa", "trec", "lcc", "passage_count"):
+        with open(folder / f"{dataset}.jsonl", "w") as f:
+            for i in range(n):
+                context = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(60 + 150 * i))  # the last ones get cut
+                record = {"input": f"what does the fox paint {i} ?", "context": context, "answers": ["two blue doors"],
+                          "length": 60 + 150 * i, "dataset": dataset, "language": "en", "_id": f"id{i}",
+                          "all_classes": ["Entity", "Location"] if dataset == "trec" else None}
+                f.write(json.dumps(record) + "\n")
+    return folder
+
+
+class Recording:
+    """Wraps a backend and records every generate call."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def generate(self, prompts, max_new_tokens, chat=True):
+        self.calls.append((list(prompts), max_new_tokens, chat))
+        return self.backend.generate(prompts, max_new_tokens, chat=chat)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return load_backend(str(tiny_model_dir), batch_size=4, max_length=1024)
+
+
+def test_truncate_middle_keeps_first_and_last_half_of_the_tokens(backend):
+    tok = copy.deepcopy(backend.tokenizer)  # one that adds a BOS, as Llama's do: pred.py counts it
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.bos_token_id)])
+    prompt = "question first . " + " ".join(WORDS * 20) + " question last ?"
+    ids = tok(prompt)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    cut = truncate_middle(tok, prompt, 101)
+    assert cut == tok.decode(ids[:50], skip_special_tokens=True) + tok.decode(ids[-50:], skip_special_tokens=True)
+    assert cut.startswith("question first") and cut.endswith("question last ?")
+    assert truncate_middle(tok, "short prompt", 101) == "short prompt"
+
+
+def test_longbench_end_to_end_with_chat_rule_lengths_and_resume(backend, tmp_path):
+    data = _write_data(tmp_path / "data")
+    recording = Recording(backend)
+    summary = run_longbench(recording, tmp_path / "out", datasets=["narrativeqa", "trec", "lcc", "passage_count"],
+                            preset="paper", truncate_length=120, data_dir=data, config_dir=CONFIG_DIR)
+    maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
+    calls = {(max_new, chat) for _, max_new, chat in recording.calls}
+    assert calls == {(maxlen["narrativeqa"], True), (maxlen["trec"], False), (maxlen["lcc"], False),
+                     (maxlen["passage_count"], True)}
+    prompts = [p for batch, _, _ in recording.calls for p in batch]
+    assert len(prompts) == 12 and all(len(backend.tokenizer(p)["input_ids"]) <= 121 for p in prompts)
+    assert any(p.startswith("Please complete the code given below.") for p in prompts)
+
+    records = json.loads((tmp_path / "out" / "longbench.json").read_text())
+    assert len(records) == 12
+    for dataset in ("narrativeqa", "trec", "lcc", "passage_count"):
+        rows = [r for r in records if r["dataset"] == dataset]
+        expected = score(dataset, [r["prediction"] for r in rows], [r["answers"] for r in rows], rows[-1]["all_classes"])
+        assert summary["scores"][dataset] == expected
+    assert summary["preset"] == "paper" and summary["score"] == summary["avg"]
+    assert summary["avg"] == round(sum(summary["scores"].values()) / 4, 2)
+    assert json.loads((tmp_path / "out" / "longbench.summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    # a run killed after 7 cases, started again, generates only the 5 it lacks and ends the same
+    lines = (tmp_path / "out" / "longbench.predictions.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "out" / "longbench.predictions.jsonl").write_text("".join(lines[:7]) + lines[7][:10])
+    recording.calls.clear()
+    again = run_longbench(recording, tmp_path / "out", datasets=["narrativeqa", "trec", "lcc", "passage_count"],
+                          preset="paper", truncate_length=120, data_dir=data, config_dir=CONFIG_DIR)
+    assert sum(len(batch) for batch, _, _ in recording.calls) == 5
+    assert again["scores"] == summary["scores"]
+
+
+def test_longbench_e_and_bad_inputs(backend, tmp_path):
+    data = _write_data(tmp_path / "data")
+    for path in data.glob("*.jsonl"):
+        path.rename(data / f"{path.stem}_e.jsonl")
+    summary = run_longbench(backend, tmp_path / "out", datasets=["trec", "passage_count"], longbench_e=True,
+                            truncate_length=120, data_dir=data, config_dir=CONFIG_DIR)
+    assert set(summary["scores"]["trec"]) == {"0-4k", "4-8k", "8k+"} and summary["benchmark"] == "longbench_e"
+    assert (tmp_path / "out" / "longbench_e.predictions.jsonl").is_file()
+    with pytest.raises(ValueError, match="narrativeqa"):  # not a LongBench-E dataset
+        run_longbench(backend, tmp_path / "out", datasets=["narrativeqa"], longbench_e=True, truncate_length=120,
+                      data_dir=data, config_dir=CONFIG_DIR)
+    with pytest.raises(FileNotFoundError, match="hotpotqa"):
+        run_longbench(backend, tmp_path / "out2", datasets=["hotpotqa"], truncate_length=120, data_dir=data,
+                      config_dir=CONFIG_DIR)
+    with pytest.raises(ValueError, match="exceeds"):  # refused before any work
+        run_longbench(backend, tmp_path / "out3", datasets=["trec"], truncate_length=2000, data_dir=data,
+                      config_dir=CONFIG_DIR)
+
+
+def test_build_cases_fill_the_official_prompt(backend):
+    prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
+    record = {"input": "Q?", "context": "C.", "answers": ["a"], "all_classes": None, "length": 2, "_id": "x"}
+    (case,) = build_cases(backend.tokenizer, "narrativeqa", [record], prompts["narrativeqa"], 1000)
+    assert case["prompt"] == prompts["narrativeqa"].format(context="C.", input="Q?")
+    assert "asconcisely" in case["prompt"] and case["id"] == "narrativeqa/x"
+
+
+def test_cli_longbench(tiny_model_dir, tmp_path, capsys):
+    from tenfold.cli import main
+
+    data = _write_data(tmp_path / "data", n=2)
+    main(["eval", "longbench", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out"),
+          "--max-length", "1024", "--datasets", "trec,passage_count", "--truncate-length", "120",
+          "--data-dir", str(data), "--config-dir", str(CONFIG_DIR), "--preset", "paper"])
+    summary = json.loads((tmp_path / "out" / "longbench.summary.json").read_text())
+    assert set(summary["scores"]) == {"trec", "passage_count"} and summary["preset"] == "paper"
+    assert "longbench: score" in capsys.readouterr().out
