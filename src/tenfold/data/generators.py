@@ -1,0 +1,211 @@
+"""Generator backends for `tenfold synth`: each turns a prompt into a reply, asynchronously.
+
+  offline       questions and answers extracted from the text itself (tenfold.data.extractive); no LLM
+  openai        any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, `transformers serve`) via the openai
+                client: bounded concurrency, retries with exponential back-off on 429, 5xx, time-outs and
+                unreadable replies (honouring Retry-After), a request time-out, a token and cost tally
+  transformers  a local causal LM with a chat template, greedy decoding, one request at a time
+
+The API key is read from the environment variable the settings name and is kept only inside the
+client: it is never logged, cached or written; error messages are scrubbed of it all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenfold.data.extractive import extract
+
+
+def shipped_or_given(name: str) -> str:
+    """`tenfold/<name>` is a model shipped in the package (as in tenfold.train.model.resolve_model_path,
+    which we do not import: that module loads peft and bitsandbytes, seconds of start-up for nothing)."""
+    if name.startswith("tenfold/"):
+        return str(Path(__file__).resolve().parent.parent / "assets" / name.removeprefix("tenfold/"))
+    return name
+
+
+@dataclass
+class Request:
+    task: str
+    prompt: str
+    texts: list[str]  # the raw texts the prompt shows (the offline generator reads these, not the prompt)
+    n: int  # how many items the prompt asks for
+
+
+@dataclass
+class Reply:
+    text: str | None  # None: the request failed for good (see error)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Tally:
+    requests: int = 0  # attempts sent, retries included
+    retries: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: dict = field(default_factory=dict)  # kind -> count, over all attempts
+
+
+class OfflineGenerator:
+    backend, model = "offline", "extractive-1"
+    context_tokens = None  # reads any length
+
+    def __init__(self):
+        self.tally = Tally()
+
+    async def complete(self, request: Request) -> Reply:
+        self.tally.requests += 1
+        return Reply(extract(request.task, request.texts, request.n))
+
+
+class OpenAIGenerator:
+    backend = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, max_retries: int = 6, request_timeout: float = 600.0,
+                 backoff_base: float = 1.0, backoff_max: float = 60.0, max_new_tokens: int = 4096,
+                 temperature: float = 0.0, context_tokens: int | None = 128_000):
+        import openai
+
+        self.model, self.context_tokens = model, context_tokens
+        self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self._secret = os.environ.get(api_key_env) or ""
+        if not self._secret and not base_url:
+            raise ValueError(f"no API key: set the environment variable {api_key_env} (keys are never read from "
+                             f"recipes or flags), or point --base-url at a local server")
+        # The client's own retries are off: ours count every attempt for the summary and also retry a
+        # 200 whose body is not a chat completion (a proxy's error page), which the client does not.
+        self.client = openai.AsyncOpenAI(api_key=self._secret or "none", base_url=base_url, max_retries=0,
+                                         timeout=request_timeout)
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.tally = Tally()
+
+    def scrub(self, message: str) -> str:
+        return message.replace(self._secret, "***") if self._secret else message
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), self.backoff_max)
+            except ValueError:
+                pass  # an HTTP date: fall back to our own back-off
+        return min(self.backoff_base * 2 ** attempt, self.backoff_max) * (0.5 + random.random() / 2)
+
+    async def complete(self, request: Request) -> Reply:
+        import openai
+
+        error = "unknown"
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            async with self.semaphore:
+                self.tally.requests += 1
+                self.tally.in_flight += 1
+                try:
+                    response = await self.client.chat.completions.create(
+                        model=self.model, messages=[{"role": "user", "content": request.prompt}],
+                        temperature=self.temperature, max_tokens=self.max_new_tokens)
+                    text = response.choices[0].message.content
+                    if not isinstance(text, str):
+                        raise TypeError("reply without message content")
+                    usage = response.usage
+                    self.tally.prompt_tokens += usage.prompt_tokens if usage else 0
+                    self.tally.completion_tokens += usage.completion_tokens if usage else 0
+                    return Reply(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                except openai.APIStatusError as e:
+                    status = e.status_code
+                    error = f"http_{status}"
+                    if status not in (408, 409, 429) and status < 500:  # the request itself is wrong: no retry
+                        self._count(error)
+                        self.tally.failed += 1
+                        return Reply(None, error=self.scrub(f"{error}: {e.message}"[:300]))
+                    retry_after = e.response.headers.get("retry-after")
+                except openai.APITimeoutError:
+                    error = "timeout"
+                except openai.APIConnectionError:
+                    error = "connection"
+                except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError):
+                    error = "bad_response"  # a 200 whose body is not a chat completion
+                finally:
+                    self.tally.in_flight -= 1
+            self._count(error)
+            if attempt < self.max_retries:
+                self.tally.retries += 1
+                await asyncio.sleep(self._delay(attempt, retry_after))
+        self.tally.failed += 1
+        return Reply(None, error=f"{error} after {self.max_retries + 1} attempts")
+
+    def _count(self, error: str) -> None:
+        self.tally.errors[error] = self.tally.errors.get(error, 0) + 1
+
+
+class TransformersGenerator:
+    backend = "transformers"
+
+    def __init__(self, model: str, max_new_tokens: int = 1024, temperature: float = 0.0,
+                 context_tokens: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = shipped_or_given(model)
+        self.model, self.max_new_tokens, self.temperature = model, max_new_tokens, temperature
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"generator model {model} has no chat template; use an instruct model")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.llm = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+        self.context_tokens = context_tokens or getattr(self.llm.config, "max_position_embeddings", None)
+        self.lock = threading.Lock()  # one generate() at a time on the one model
+        self.tally = Tally()
+
+    def _generate(self, prompt: str) -> Reply:
+        import torch
+
+        with self.lock, torch.inference_mode():
+            inputs = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                        return_tensors="pt", return_dict=True).to(self.llm.device)
+            sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+            output = self.llm.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
+        new = output[0, inputs["input_ids"].shape[1]:]
+        return Reply(self.tokenizer.decode(new, skip_special_tokens=True), inputs["input_ids"].shape[1], len(new))
+
+    async def complete(self, request: Request) -> Reply:
+        self.tally.requests += 1
+        self.tally.in_flight += 1
+        try:
+            reply = await asyncio.to_thread(self._generate, request.prompt)
+        finally:
+            self.tally.in_flight -= 1
+        self.tally.prompt_tokens += reply.prompt_tokens
+        self.tally.completion_tokens += reply.completion_tokens
+        return reply
+
+
+def make_generator(settings) -> OfflineGenerator | OpenAIGenerator | TransformersGenerator:
+    """The backend `settings.generator` names, configured from the synth settings."""
+    if settings.generator == "offline":
+        return OfflineGenerator()
+    if settings.generator == "openai":
+        return OpenAIGenerator(
+            settings.model or os.environ.get("OPENAI_MODEL") or "gpt-4-turbo", settings.base_url,
+            settings.api_key_env, settings.concurrency, settings.max_retries, settings.request_timeout,
+            settings.backoff_base, settings.backoff_max, settings.max_new_tokens, settings.temperature,
+            settings.generator_context_tokens or 128_000)
+    if settings.generator == "transformers":
+        if not settings.model:
+            raise ValueError("--generator transformers needs --model (a local path or hub id of an instruct model)")
+        return TransformersGenerator(settings.model, settings.max_new_tokens, settings.temperature,
+                                     settings.generator_context_tokens)
+    raise ValueError(f"unknown generator {settings.generator!r}; use offline, openai or transformers")

@@ -1,0 +1,183 @@
+"""`tenfold mix`: synthetic conversations, instruction data and plain text in one shuffled training file.
+
+The paper trained on all 3.5K synthetic conversations + 5K RedPajama documents (language-model
+loss) + 12K LongAlpaca instruction records; that is the default count. Per source, a count is `all`,
+a number of records, or a fraction of the source (0.5). Sampling and shuffling use one seeded
+generator, so the same inputs and seed give the same file.
+
+  synthetic  records from `tenfold synth` (kept as they are)
+  instruct   LongAlpaca's {"instruction", "input", "output"} -> a user turn and an assistant turn
+             (records that already have "conversations" are kept); task "instruct"
+  plain      {"text"} cut to max_length tokens of the tokenizer (RedPajama-style); task "plain"
+
+Sources are JSONL files (indexed by line offset, so records are read only when written), JSON or
+Parquet files, or hub dataset ids (loaded with `datasets`, from its cache when offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+from tenfold.data.corpus import warn
+from tenfold.data.report import record_tokens
+from tenfold.data.synth import load_tokenizer
+from tenfold.data.tokenize import RecordError
+
+DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
+
+
+def parse_counts(text: str | dict | None) -> dict:
+    """'synthetic=all,instruct=12000,plain=0.25' -> counts per source (missing sources: the defaults)."""
+    counts = dict(DEFAULT_COUNTS)
+    if isinstance(text, dict):
+        counts.update(text)
+        return counts
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if name not in DEFAULT_COUNTS:
+            raise ValueError(f"--counts: unknown source {name!r}; use synthetic, instruct, plain")
+        try:
+            counts[name] = "all" if value == "all" else (float(value) if "." in value else int(value))
+        except ValueError:
+            raise ValueError(f"--counts {name}={value}: give all, a record count or a fraction like 0.5") from None
+    return counts
+
+
+class JsonlRows:
+    """A JSONL file's records by index, read from their byte offsets when asked for."""
+
+    def __init__(self, path: Path):
+        self.path, self.offsets = path, []
+        with open(path, "rb") as f:
+            offset = 0
+            for line in f:
+                if line.strip():
+                    self.offsets.append(offset)
+                offset += len(line)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[index])
+            line = f.readline()
+        try:
+            return json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RecordError(f"{self.path}, record {index + 1}: not valid JSON ({e}); fix or remove that line") from None
+
+
+def open_source(name: str):
+    """(rows, label): something indexable that yields dicts, and the name records get as their source."""
+    path = Path(name)
+    if path.is_file() and path.suffix == ".jsonl":
+        return JsonlRows(path), path.stem
+    import datasets
+
+    if path.is_file():
+        kind = {".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if kind is None:
+            raise ValueError(f"{path}: give .jsonl, .json or .parquet")
+        return datasets.load_dataset(kind, data_files=str(path), split="train"), path.stem
+    if path.exists() or name.startswith((".", "/")):
+        raise FileNotFoundError(f"{name}: not a .jsonl/.json/.parquet file")
+    try:
+        return datasets.load_dataset(name, split="train"), name
+    except Exception as e:  # offline, or not on the hub: one line, with the fix
+        raise FileNotFoundError(f"dataset {name!r} could not be loaded ({type(e).__name__}); download it while online "
+                                f"or give a local .jsonl/.parquet file") from None
+
+
+def convert(kind: str, record: dict, label: str, index: int, tokenizer, max_length: int) -> dict:
+    if not isinstance(record, dict):
+        raise RecordError(f"{label}, record {index + 1}: not a JSON object")
+    if kind == "synthetic":
+        if not isinstance(record.get("conversations"), list):
+            raise RecordError(f"{label}, record {index + 1}: no 'conversations'; synthetic files come from tenfold synth")
+        return {"id": str(record.get("id", f"{label}-{index}")), "source": record.get("source") or label,
+                "task": record.get("task") or "synthetic", "conversations": record["conversations"],
+                "meta": record.get("meta") or {}}
+    if kind == "instruct":
+        if isinstance(record.get("conversations"), list):
+            turns = record["conversations"]
+        elif isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
+            question = record["instruction"].strip()
+            if isinstance(record.get("input"), str) and record["input"].strip():
+                question += "\n\n" + record["input"].strip()
+            turns = [{"role": "user", "content": question}, {"role": "assistant", "content": record["output"].strip()}]
+        else:
+            raise RecordError(f"{label}, record {index + 1}: neither LongAlpaca's instruction/output nor conversations")
+        meta = {k: v for k, v in record.items() if k in ("file", "meta")}
+        return {"id": f"instruct-{label}-{index}", "source": label, "task": "instruct", "conversations": turns,
+                "meta": meta}
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise RecordError(f"{label}, record {index + 1}: no string 'text'")
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if len(encoding["input_ids"]) > max_length:  # cut at a token boundary of the original text
+        text = text[:encoding["offset_mapping"][max_length - 1][1]]
+    return {"id": f"plain-{label}-{index}", "source": label, "task": "plain", "text": text}
+
+
+def sample_size(count, available: int) -> int:
+    if count == "all":
+        return available
+    if isinstance(count, float):
+        return round(count * available)
+    return min(int(count), available)
+
+
+def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (), plain: list[str] = (),
+        counts: dict | None = None, seed: int = 42, tokenizer: str = "tenfold/tiny-llama",
+        max_length: int = 81920) -> dict:
+    """Write the mixed training file and OUTPUT.summary.json; returns the summary."""
+    counts = parse_counts(counts)
+    rng = random.Random(seed)
+    tok = load_tokenizer(tokenizer)
+    chosen, sources = [], {}
+    for kind, names in (("synthetic", synthetic), ("instruct", instruct), ("plain", plain)):
+        if not names:
+            continue
+        refs = []
+        for name in names:
+            rows, label = open_source(name)
+            refs += [(rows, label, i) for i in range(len(rows))]
+        n = sample_size(counts[kind], len(refs))
+        if isinstance(counts[kind], int) and counts[kind] > len(refs):
+            warn(f"mix: {kind}: {counts[kind]} records asked for, {len(refs)} available; taking all")
+        chosen += [(kind, ref) for ref in rng.sample(refs, n)]
+        sources[kind] = {"inputs": list(names), "available": len(refs), "asked": counts[kind], "records": 0,
+                         "tokens": 0, "skipped": 0, "by_source": Counter()}
+    rng.shuffle(chosen)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    with open(partial, "w") as f:
+        for kind, (rows, label, index) in chosen:
+            try:
+                record = convert(kind, rows[index], label, index, tok, max_length)
+            except RecordError as e:
+                warn(f"mix: {e}; skipped")
+                sources[kind]["skipped"] += 1
+                continue
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            stats = sources[kind]
+            stats["records"] += 1
+            stats["tokens"] += record_tokens(record, tok)
+            stats["by_source"][record["source"]] += 1
+    os.replace(partial, output)
+    for stats in sources.values():
+        stats["by_source"] = dict(stats["by_source"])
+    summary = {"output": str(output), "records": sum(s["records"] for s in sources.values()),
+               "tokens": sum(s["tokens"] for s in sources.values()), "seed": seed, "tokenizer": tokenizer,
+               "max_length": max_length, "sources": sources}
+    Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,254 @@
+"""`tenfold synth`: long documents in, long multi-turn QA conversations out (the paper's training data).
+
+    corpus -> filter (length in target-model tokens, language, duplicates) -> one task per document
+           -> generator requests (cached on disk) -> validated replies -> conversation records
+
+Records are appended to the output as they finish, one write per line. The output itself is the
+record of what is done: a restarted run skips the contexts whose ids it holds (after dropping a last
+line cut off by a kill), and the response cache, keyed by (backend, model, prompt), makes redoing the
+rest free. So a run killed at any moment and started again ends with every record exactly once.
+At the end: OUTPUT.summary.json (counts, rejections by reason, tokens, cost) and OUTPUT.lengths.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from tqdm import tqdm
+
+from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
+from tenfold.data.corpus import filter_documents, read_corpus, warn
+from tenfold.data.generators import Reply, Request, make_generator, shipped_or_given
+from tenfold.data.prompts import PROMPTS, TASKS
+from tenfold.data.replies import valid_items
+from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
+from tenfold.recipe import RecipeError, coerce
+
+HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
+
+
+@dataclass
+class SynthSettings:
+    corpus: str = ""
+    output: str = ""
+    generator: Literal["offline", "openai", "transformers"] = "offline"
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tokenizer: str = "tenfold/tiny-llama"  # the target model's: lengths are counted in its tokens
+    min_tokens: int = 64_000  # the paper's 64K-80K documents
+    max_tokens: int = 80_000
+    chunk_tokens: int = 4096
+    language: str | None = None  # e.g. "en" (langdetect); None keeps every language
+    text_field: str = "text"
+    max_contexts: int | None = None  # stop after this many contexts (records already in the output count)
+    questions_per_chunk: int = 4
+    single_detail_chunks: int = 3
+    multi_detail_questions: int = 10
+    multi_detail_excerpts: int = 4
+    biography_characters: int = 5
+    heterogeneous_clusters: int | None = None  # None: about one cluster per context's worth of tokens
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    model: str = ""  # the generator's model (openai: default $OPENAI_MODEL, else gpt-4-turbo)
+    base_url: str | None = None  # openai: default $OPENAI_BASE_URL, else OpenAI's
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key; keys never go in recipes
+    concurrency: int = 8
+    max_retries: int = 6
+    request_timeout: float = 600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    max_new_tokens: int = 4096
+    temperature: float = 0.0
+    generator_context_tokens: int | None = None  # what the generator reads; None: the backend's own
+    price_input_per_million: float = 0.0  # for the cost tally, in your currency
+    price_output_per_million: float = 0.0
+    cache_dir: str | None = None  # default: OUTPUT.cache/
+    seed: int = 0
+
+
+def synth_settings(recipe: str | None = None, overrides: dict | None = None) -> SynthSettings:
+    """Defaults, then the recipe's `synth:` section, then the overrides; every value checked."""
+    settings, hints = SynthSettings(), typing.get_type_hints(SynthSettings)
+    values = {}
+    if recipe:
+        raw = yaml.safe_load(Path(recipe).read_text()) or {}
+        values.update(raw.get("synth") or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in values.items():
+        if key not in hints:
+            raise RecipeError(f"unknown synth key {key!r}; allowed: {', '.join(hints)}")
+        setattr(settings, key, coerce(value, hints[key], f"synth.{key}"))
+    unknown = set(settings.tasks) - set(TASKS)
+    if unknown:
+        raise RecipeError(f"unknown task(s) {', '.join(sorted(unknown))}; use {', '.join(TASKS)}")
+    if not settings.corpus or not settings.output:
+        raise RecipeError("synth needs a corpus and an output file")
+    if settings.min_tokens > settings.max_tokens:
+        raise RecipeError(f"min_tokens ({settings.min_tokens}) is above max_tokens ({settings.max_tokens})")
+    return settings
+
+
+class ResponseCache:
+    """One JSON file per reply, named by the hash of (backend, model, prompt); written atomically."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, backend: str, model: str, prompt: str) -> Path:
+        key = hashlib.sha256(json.dumps([backend, model, prompt]).encode()).hexdigest()
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, backend: str, model: str, prompt: str) -> Reply | None:
+        path = self._path(backend, model, prompt)
+        try:
+            return Reply(**json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+    def put(self, backend: str, model: str, prompt: str, reply: Reply) -> None:
+        path = self._path(backend, model, prompt)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(dataclasses.asdict(reply)))
+        os.replace(tmp, path)
+
+
+def finished_ids(output: Path) -> set[str]:
+    """Ids of the records already in the output; a last line cut short by a kill is dropped first."""
+    ids, offset, cut = set(), 0, None
+    if not output.exists():
+        return ids
+    with open(output, "rb") as f:  # streamed: the output may be gigabytes
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                cut = offset
+                break
+            offset += len(line)
+            if line.strip():
+                try:
+                    ids.add(json.loads(line)["id"])
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{output}, line {number}: not a synth record; use a new --output file") from None
+    if cut is not None:
+        os.truncate(output, cut)
+        warn(f"synth: {output}: dropped an unfinished last line (an interrupted run); its record is redone")
+    return ids
+
+
+def append_line(fd: int, record: dict) -> None:
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    while data:  # one write() per record in practice; a partial one is finished here or dropped on restart
+        data = data[os.write(fd, data):]
+
+
+def contexts(settings: SynthSettings, generator, count_tokens, skipped: Counter):
+    """Every context of the run, in a fixed order: documents round-robin over the homogeneous tasks,
+    then the heterogeneous groups of the shorter texts."""
+    homogeneous = [t for t in settings.tasks if t in HOMOGENEOUS]
+    short_texts = []
+    keep_short = short_texts.append if "multi_detail_heterogeneous" in settings.tasks else None
+    documents = read_corpus(settings.corpus, skipped, settings.text_field)
+    kept = filter_documents(documents, count_tokens, settings.min_tokens, settings.max_tokens, skipped,
+                            settings.language, (lambda d, n: keep_short((d, n))) if keep_short else None)
+    for index, (document, n_tokens) in enumerate(kept):
+        if homogeneous:
+            task = homogeneous[index % len(homogeneous)]
+            yield context_id(task, document.id), lambda t=task, d=document, n=n_tokens: document_context(
+                t, d, n, count_tokens, settings, generator)
+        else:
+            skipped["no_homogeneous_task"] += 1
+    if keep_short:
+        for group in heterogeneous_groups(short_texts, settings.min_tokens, settings.max_tokens, skipped,
+                                          settings.heterogeneous_clusters, settings.seed, settings.embedding_model):
+            context = heterogeneous_context(group, settings)
+            yield context.id, lambda c=context: c
+
+
+def load_tokenizer(name: str):
+    """The target model's tokenizer, only to count tokens (see shipped_or_given for why not train.model's)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(shipped_or_given(name))
+
+
+def synth(settings: SynthSettings) -> dict:
+    """Run the synthesis; returns (and writes) the summary."""
+    output = Path(settings.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(settings.tokenizer)
+    count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    done = finished_ids(output)
+    generator = make_generator(settings)
+    cache = ResponseCache(settings.cache_dir or f"{output}.cache")
+    skipped, rejected = Counter(), Counter()
+    stats = Counter()
+    records_by_task = Counter()
+    progress = tqdm(desc="synth", unit="context", dynamic_ncols=True)
+
+    async def ask(request: Request) -> Reply:
+        reply = cache.get(generator.backend, generator.model, request.prompt)
+        if reply is not None:
+            stats["cached_replies"] += 1
+            return reply
+        reply = await generator.complete(request)
+        if reply.text is not None:  # failures are not cached: a rerun asks again
+            cache.put(generator.backend, generator.model, request.prompt, reply)
+        return reply
+
+    async def process(context: Context, fd: int) -> None:
+        replies = await asyncio.gather(*(ask(r) for r in context.requests))
+        items = []
+        for reply, support in zip(replies, context.supports):
+            if reply.text is None:
+                rejected["request_failed"] += 1
+                warn(f"synth: {context.id}: a request failed for good ({reply.error}); rerun to retry it")
+                continue
+            items += valid_items(reply.text, PROMPTS[context.task].keys, rejected, support)
+        record = conversation_record(context, items, generator)
+        if record is None:
+            stats["contexts_without_record"] += 1
+        else:
+            append_line(fd, record)
+            records_by_task[context.task] += 1
+        progress.update(1)
+        progress.set_postfix(in_flight=generator.tally.in_flight, records=sum(records_by_task.values()),
+                             tokens=generator.tally.prompt_tokens + generator.tally.completion_tokens,
+                             rejects=sum(rejected.values()), refresh=False)
+
+    async def run() -> None:
+        fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        pending: set[asyncio.Task] = set()
+        started = len(done)
+        try:
+            for cid, build in contexts(settings, generator, count_tokens, skipped):
+                if cid in done:
+                    stats["already_done"] += 1
+                    continue
+                if settings.max_contexts is not None and started >= settings.max_contexts:
+                    break
+                started += 1
+                while len(pending) >= 2 * settings.concurrency:
+                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        task.result()
+                pending.add(asyncio.create_task(process(build(), fd)))
+                await asyncio.sleep(0)  # let requests start while the next document is read
+            for task in asyncio.as_completed(pending):
+                await task
+        finally:
+            os.close(fd)
+
+    asyncio.run(run())
+    progress.close()
+    from tenfold.data.report import write_report
+
+    return write_report(output, settings, generator, tokenizer, skipped, rejected, stats, records_by_task)

@@ -1,0 +1,194 @@
+"""The openai backend against a fake OpenAI-compatible server on loopback, written here.
+
+The server answers chat completions with a JSON list built from the prompt (an answer taken from the
+excerpt, so single-detail support holds), and misbehaves on purpose: 429 with Retry-After, 500,
+replies slower than the client's time-out, bodies that are not JSON, and contents that are not JSON.
+"""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tenfold.cli import main
+from test_synth import write_corpus
+
+KEY = "sk-planted-0123456789abcdefXYZ"
+KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"
+
+
+class FakeServer:
+    def __init__(self, faults=None, garbage=frozenset(), gate_after=None):
+        self.faults = faults or {}  # prompt number (in order of first arrival) -> fault on its first attempt
+        self.garbage = garbage  # prompt numbers whose every answer has content that is not JSON
+        self.gate_after = gate_after  # answer this many requests, then hold the rest until open() is called
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.order, self.attempts, self.answered = {}, defaultdict(list), Counter()
+        self.auth_ok = True
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][0]["content"]
+                key = hashlib.sha256(prompt.encode()).hexdigest()
+                with server.lock:
+                    server.auth_ok &= self.headers.get("Authorization") == f"Bearer {KEY}"
+                    number = server.order.setdefault(key, len(server.order))
+                    attempt = len(server.attempts[key])
+                    server.attempts[key].append(time.monotonic())
+                    held = server.gate_after is not None and sum(server.answered.values()) >= server.gate_after
+                if held:
+                    server.gate.wait()
+                    return  # released after the client was killed: nobody is listening
+                fault = server.faults.get(number) if attempt == 0 else None
+                if fault == "429":
+                    return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.3"})
+                if fault == "500":
+                    return self.reply(500, {"error": {"message": "boom"}})
+                if fault == "slow":
+                    time.sleep(3.0)  # the fault itself: longer than the client's 1 s time-out
+                if fault == "bad_body":
+                    return self.reply(200, None, raw=b"<html>proxy error</html>")
+                content = "I'd rather not." if number in server.garbage else server.answer(prompt)
+                with server.lock:
+                    server.answered[key] += 1
+                self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": content}}],
+                                 "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
+
+            def reply(self, status, payload, headers=None, raw=None):
+                data = raw if raw is not None else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # a killed client's broken pipe is expected
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def answer(prompt):
+        context = re.search(r"=== [A-Z ]+ ===\n(.*?)\n=== END", prompt, re.DOTALL).group(1)
+        word = re.findall(r"\w+", context)[3]
+        if '"character"' in prompt:
+            return json.dumps([{"character": "Someone", "biography": f"Someone saw {word}."}])
+        return json.dumps([{"question": f"Which word comes fourth in {hashlib.md5(prompt.encode()).hexdigest()[:6]}?",
+                            "answer": word}, {"question": "And again?", "answer": word}])
+
+    def close(self):
+        self.gate.set()
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def planted_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def synth_argv(corpus, output, server, *extra):
+    return ["synth", "--corpus", str(corpus), "--output", str(output), "--generator", "openai", "--model", "fake-gpt",
+            "--base-url", server.url, "--min-tokens", "400", "--max-tokens", "3000", "--concurrency", "4", *extra]
+
+
+def test_faults_cost_no_record_and_duplicate_none_and_the_key_never_leaks(tmp_path, planted_key, capfd):
+    corpus = write_corpus(tmp_path / "corpus", n_toy=8, with_story=False, with_short=False)
+    faults = {0: "429", 1: "500", 2: "slow", 3: "bad_body", 5: "429", 6: "500"}
+    server = FakeServer(faults=faults, garbage={4, 7})
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text(f"synth:\n  api_key_env: {KEY_ENV}\n  request_timeout: 1.0\n  backoff_base: 0.01\n"
+                      f"  max_retries: 4\n  price_input_per_million: 10\n  price_output_per_million: 30\n")
+    output = tmp_path / "synth.jsonl"
+    try:
+        main(synth_argv(corpus, output, server, "--tasks", "multi_detail", "--recipe", str(recipe)))
+    finally:
+        server.close()
+    records = [json.loads(line) for line in open(output)]
+    assert len(server.order) == 8 and server.auth_ok  # one prompt per document; the key was sent
+    assert len(records) == 6 and len({r["id"] for r in records}) == 6  # the two garbage replies make no record
+    summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
+    assert summary["rejected"] == {"malformed_json": 2}
+    tally = summary["requests"]
+    assert tally["failed"] == 0 and tally["retries"] == len(faults) and tally["requests"] == 8 + len(faults)
+    assert tally["errors"] == {"http_429": 2, "http_500": 2, "timeout": 1, "bad_response": 1}
+    assert tally["prompt_tokens"] == 800 and tally["cost"] == pytest.approx((800 * 10 + 80 * 30) / 1e6)
+    first_429 = next(k for k, n in server.order.items() if n == 0)
+    assert server.attempts[first_429][1] - server.attempts[first_429][0] >= 0.3  # Retry-After honoured
+    logs = capfd.readouterr()
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in logs.out + logs.err
+
+
+def test_a_request_that_keeps_failing_is_counted_and_retried_on_the_next_run(tmp_path, planted_key):
+    corpus = write_corpus(tmp_path / "corpus", n_toy=2, with_story=False, with_short=False)
+    server = FakeServer(faults={0: "500"})
+    output = tmp_path / "synth.jsonl"
+    argv = synth_argv(corpus, output, server, "--tasks", "multi_detail")
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text(f"synth:\n  api_key_env: {KEY_ENV}\n  backoff_base: 0.01\n  max_retries: 0\n")
+    try:
+        main(argv + ["--recipe", str(recipe)])
+        summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
+        assert summary["rejected"] == {"request_failed": 1} and summary["requests"]["failed"] == 1
+        assert len(output.read_text().splitlines()) == 1
+        main(argv + ["--recipe", str(recipe)])  # the failure was not cached: asked again, and answered
+    finally:
+        server.close()
+    assert len({json.loads(line)["id"] for line in open(output)}) == len(output.read_text().splitlines()) == 2
+
+
+def test_kill_9_mid_run_then_restart_leaves_every_record_exactly_once(tmp_path, planted_key):
+    corpus = write_corpus(tmp_path / "corpus", n_toy=10, with_story=False, with_short=False)
+    server = FakeServer(gate_after=5)  # the run cannot finish until the test opens the gate
+    output = tmp_path / "synth.jsonl"
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text(f"synth:\n  api_key_env: {KEY_ENV}\n")
+    argv = synth_argv(corpus, output, server, "--tasks", "single_detail,multi_detail", "--recipe", str(recipe))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([sys.executable, "-m", "tenfold.cli", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (output.exists() and output.read_text().count("\n") >= 1):  # progress we can see
+            assert process.poll() is None and time.monotonic() < deadline, "synth ended or stalled before the kill"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        written_before = output.read_text().count("\n")
+        answered_before = sum(server.answered.values())
+        cached_before = len(list(tmp_path.glob("synth.jsonl.cache/*/*.json")))
+        assert 1 <= written_before < 10 and 1 <= answered_before <= 5
+        server.gate_after = None
+        server.gate.set()
+        main(argv)
+    finally:
+        server.close()
+    records = [json.loads(line) for line in open(output)]
+    assert len(records) == 10 and len({r["id"] for r in records}) == 10
+    assert {r["task"] for r in records} == {"single_detail", "multi_detail"}
+    # the replies cached before the kill were not asked for again; only those the kill caught in
+    # flight (answered by the server, never stored by the client) were
+    assert cached_before >= 1
+    assert sum(server.answered.values()) - len(server.order) <= answered_before - cached_before
