@@ -62,3 +62,12 @@ def test_cli_unknown_recipe_flag_lists_allowed_keys(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "lora.rnk" in err and "lora.rank" in err
+
+
+def test_a_recipe_may_carry_other_verbs_sections(tmp_path):
+    path = tmp_path / "all.yaml"
+    path.write_text("lora:\n  rank: 8\nsynth:\n  tasks: [single_detail]\neval:\n  models: [x]\n")
+    assert load_recipe(path).lora.rank == 8
+    path.write_text("lora:\n  rank: 8\nsynthh:\n  tasks: [single_detail]\n")
+    with pytest.raises(RecipeError, match="synthh"):
+        load_recipe(path)

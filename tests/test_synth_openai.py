@@ -34,6 +34,7 @@ class FakeServer:
         self.gate = threading.Event()
         self.lock = threading.Lock()
         self.order, self.attempts, self.answered = {}, defaultdict(list), Counter()
+        self.admitted = 0
         self.auth_ok = True
         server = self
 
@@ -50,7 +51,9 @@ class FakeServer:
                     number = server.order.setdefault(key, len(server.order))
                     attempt = len(server.attempts[key])
                     server.attempts[key].append(time.monotonic())
-                    held = server.gate_after is not None and sum(server.answered.values()) >= server.gate_after
+                    # admit under the lock: counting answers instead let concurrent requests slip past the gate
+                    held = server.gate_after is not None and server.admitted >= server.gate_after
+                    server.admitted += not held
                 if held:
                     server.gate.wait()
                     return  # released after the client was killed: nobody is listening

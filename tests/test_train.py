@@ -47,7 +47,8 @@ def test_tiny_training_loss_falls_and_writes_adapter_and_summary(trained):
 
 
 def test_rope_base_is_live_before_training(tiny_recipe):
-    for overrides, expected_scale in [({}, 1.0), ({"rope.scaling": "linear", "rope.factor": 4.0}, 4.0)]:
+    for overrides, expected_scale in [({}, 1.0), ({"rope.scaling": "linear", "rope.factor": 4.0}, 4.0),
+                                      ({"rope.theta": None, "rope.theta_factor": 400.0}, 1.0)]:
         model, rope = load_model_for_training(tiny_recipe(**overrides), torch.device("cpu"))
         inv_freq = rotary_inv_freq(model)
         torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()) / expected_scale)
@@ -142,22 +143,24 @@ def test_non_finite_loss_stops_with_step_and_record_ids(tiny_recipe, monkeypatch
 
 def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(
-        "import sys, json\n"
+    script.write_text(  # each process reports in a file of its own (their stdout interleaves)
+        "import os, sys, json\n"
         "from tenfold.recipe import load_recipe\n"
         "from tenfold.train.loop import train\n"
         "s = train(load_recipe(sys.argv[1]))\n"
-        "print('PROCESSES', s['processes'])\n")
+        "open(sys.argv[2] + os.environ['RANK'], 'w').write(json.dumps(s))\n")
     results = {}
     for procs in (1, 2):
         recipe = tiny_recipe(**{"train.output_dir": str(tmp_path / f"p{procs}")})
         path = tmp_path / f"recipe{procs}.yaml"
         loop.dump_recipe(recipe, path)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(29610 + procs), str(script), str(path)]
+               "--master_port", str(29610 + procs), str(script), str(path), str(tmp_path / f"summary{procs}-rank")]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count(f"PROCESSES {procs}") == procs
+        summaries = [json.loads((tmp_path / f"summary{procs}-rank{r}").read_text()) for r in range(procs)]
+        assert all(s["processes"] == procs for s in summaries)
+        assert len({s["weights_sha256"] for s in summaries}) == 1  # every replica ended with the same weights
         results[procs] = load_file(tmp_path / f"p{procs}" / "adapter" / "adapter_model.safetensors")
     for k in results[1]:
         torch.testing.assert_close(results[2][k], results[1][k], rtol=1e-5, atol=1e-6)

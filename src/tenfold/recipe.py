@@ -36,6 +36,7 @@ class ModelSettings:
 @dataclass
 class RopeSettings:
     theta: float | None = None  # the new RoPE base; None keeps the model's own
+    theta_factor: float | None = None  # or: the model's own base times this (the paper's is x400)
     scaling: Literal["keep", "none", "linear", "dynamic", "yarn", "llama3"] = "keep"  # keep: the model's own
     factor: float = 1.0
     original_max_position_embeddings: int | None = None  # default: the model's max_position_embeddings
@@ -159,11 +160,17 @@ def set_key(recipe: Recipe, key: str, value: Any) -> None:
     setattr(getattr(recipe, section), name, coerce(value, keys[key], key))
 
 
+# Sections one recipe file may also hold for the other verbs; each verb reads its own.
+OTHER_VERBS_SECTIONS = ("synth", "mix", "eval", "demo")
+
+
 def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
     recipe = Recipe()
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: expected a mapping of sections (model, rope, lora, data, train)")
     for section, values in raw.items():
+        if section in OTHER_VERBS_SECTIONS:
+            continue
         if not isinstance(values, dict):
             sections = ", ".join(f.name for f in dataclasses.fields(Recipe))
             raise RecipeError(f"{source}: {section!r} must be a section mapping; sections: {sections}")
@@ -204,6 +211,10 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("data.max_length must be at least 2")
     if recipe.rope.theta is not None and recipe.rope.theta <= 0:
         raise RecipeError("rope.theta must be positive")
+    if recipe.rope.theta is not None and recipe.rope.theta_factor is not None:
+        raise RecipeError("set rope.theta or rope.theta_factor, not both")
+    if recipe.rope.theta_factor is not None and recipe.rope.theta_factor <= 0:
+        raise RecipeError("rope.theta_factor must be positive")
     if recipe.rope.scaling in ("linear", "yarn", "llama3") and recipe.rope.factor <= 1.0:
         raise RecipeError(f"rope.factor must be above 1 for rope.scaling {recipe.rope.scaling!r}")
     if recipe.lora.rank < 1:

@@ -42,6 +42,8 @@ def apply_rope(config, rope: RopeSettings, max_length: int | None = None) -> dic
     """
     old = current_rope(config)
     theta = float(rope.theta) if rope.theta is not None else float(old["rope_theta"])
+    if rope.theta_factor is not None:
+        theta = float(old["rope_theta"]) * rope.theta_factor
     if rope.scaling == "keep":
         params = {**old, "rope_theta": theta}
     else:
