@@ -1,0 +1,62 @@
+"""`tenfold synth` against a real OpenAI-compatible server: `transformers serve` with the shipped tiny
+model, on loopback. The tiny model's replies are garbage, so every reply must be rejected and counted,
+and the run must still complete."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tenfold.cli import main
+from test_synth import write_corpus
+
+TINY = str(Path(__file__).resolve().parent.parent / "src" / "tenfold" / "assets" / "tiny-llama")
+SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent))
+
+
+@pytest.fixture(scope="module")
+def served_tiny_model():
+    pytest.importorskip("fastapi", reason="needs transformers[serving] (the dev extra installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([SERVE, "serve", TINY, "--port", str(port), "--host", "127.0.0.1"],
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:  # ready when its health endpoint answers
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "transformers serve did not start"
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_synth_against_transformers_serve_completes_and_counts_the_rejections(served_tiny_model, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    corpus = write_corpus(tmp_path / "corpus", n_toy=3, with_story=False, with_short=False)
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text("synth:\n  max_new_tokens: 32\n")
+    output = tmp_path / "synth.jsonl"
+    main(["synth", "--corpus", str(corpus), "--output", str(output), "--generator", "openai", "--model", TINY,
+          "--base-url", served_tiny_model, "--min-tokens", "400", "--max-tokens", "3000",
+          "--tasks", "single_detail,multi_detail", "--recipe", str(recipe)])
+    summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
+    requests = summary["requests"]
+    assert requests["requests"] >= 3 and requests["failed"] == 0  # every request was answered
+    assert requests["completion_tokens"] > 0  # by the served model itself
+    assert sum(summary["rejected"].values()) == requests["requests"]  # and every garbage reply was rejected
+    assert set(summary["rejected"]) <= {"malformed_json", "wrong_shape", "empty_field", "unsupported_answer"}
+    assert output.read_text() == ""
