@@ -127,3 +127,24 @@ def test_openai_backend_sends_a_greedy_chat_request():
         backend.prompt_length("x")
     with pytest.raises(ValueError, match="rope"):
         load_backend("served-model", backend="openai", rope_theta=1e6, client=client)
+
+
+def test_a_length_beyond_free_memory_is_refused_before_any_work(backend, tmp_path):
+    from tenfold.eval.needle import run_needle
+    from tenfold.eval.runner import check_length
+
+    config = backend.model.config
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    assert backend.generation_bytes(1000) >= 1000 * kv_bytes  # the KV cache alone
+    assert backend.generation_bytes(2000) > backend.generation_bytes(1000)
+    too_long = 2 * backend.free_bytes() // kv_bytes
+    saved = backend.max_length
+    backend.max_length = 10 * too_long  # the configured length would allow it; memory does not
+    try:
+        with pytest.raises(ValueError, match="GiB are free"):
+            check_length(backend, "needle", too_long, 50)
+        with pytest.raises(ValueError, match="GiB are free"):
+            run_needle(backend, tmp_path / "needle", lengths=[too_long], depths=[0])
+    finally:
+        backend.max_length = saved
+    assert not (tmp_path / "needle" / "needle.predictions.jsonl").exists()  # refused before any work

@@ -137,6 +137,23 @@ class TransformersBackend(Backend):
     def describe(self) -> dict:
         return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids, "dtype": str(self.model.dtype)}
 
+    def generation_bytes(self, longest: int) -> int:
+        """About what one batch of prompts up to `longest` tokens adds while generating: the KV cache of
+        every layer, and one layer's activations during the prompt's forward pass (weights are loaded already)."""
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        per_token = self.model.dtype.itemsize * (2 * config.num_hidden_layers * kv_heads * head_dim
+                                                 + 4 * config.hidden_size + 2 * config.intermediate_size)
+        return per_token * max(longest, min(self.max_batch_tokens, longest * self.batch_size))
+
+    def free_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        with open("/proc/meminfo") as f:
+            available = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(available.split()[1]) * 1024
+
     def _batches(self, encoded: list[list[int]], extra_tokens: int = 0):
         """Indices grouped into batches of similar length (little padding), within the batch limits."""
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))

@@ -25,6 +25,14 @@ def check_length(backend, benchmark: str, longest_prompt: int, max_new_tokens: i
             f"{benchmark}: a {longest_prompt}-token prompt plus {max_new_tokens} new tokens exceeds what "
             f"{backend.name} holds ({backend.max_length} tokens); drop the longer lengths, or pass "
             f"--max-length {need} to run past the model's configured length anyway (to see where it fails)")
+    estimate = getattr(backend, "generation_bytes", None)
+    if estimate is not None:
+        needed, free = estimate(need), backend.free_bytes()
+        if needed > free:
+            raise ValueError(
+                f"{benchmark}: generating from {need} tokens needs about {needed / 2**30:.1f} GiB (KV cache and "
+                f"activations of one batch) but {free / 2**30:.1f} GiB are free on {backend.device}; drop the "
+                f"longer lengths or lower --batch-size")
 
 
 def load_finished(path: Path) -> dict[str, dict]:
