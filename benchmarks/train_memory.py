@@ -69,15 +69,15 @@ def main() -> None:
         return
     lengths = [2048, 4096] if args.quick else [n for n in (2048, 4096, 8192, 16384, 32768, 65536, 131072)
                                                  if n <= args.max_length]
-    rows = []
-    for path in PATHS:
-        out_of_memory = False
-        for length in lengths:
-            if out_of_memory:  # longer cannot fit either
+    rows, out_of_memory = [], set()
+    for length in lengths:  # both paths at one length back to back, so the machine's load is alike for both
+        for path in PATHS:
+            if path in out_of_memory:  # longer cannot fit either
                 row = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True}
             else:
                 row = measure_in_subprocess(path, length, bf16=not args.fp32)
-            out_of_memory = row["oom"]
+            if row["oom"]:
+                out_of_memory.add(path)
             rows.append({k: row[k] for k in ("path", "length", "peak_mem_gb", "tokens_per_s", "oom")})
             print(rows[-1], flush=True)
 
