@@ -49,13 +49,22 @@ def test_every_assistant_turn_is_labelled_and_nothing_else(tok):
     assert not enc.truncated
 
 
-def test_context_weight_applies_to_non_assistant_tokens(tok):
+def test_context_weight_applies_to_user_text_not_to_the_template(tok):
     plain = encode_record(chat(), tok, max_length=10_000)
     enc = encode_record(chat(), tok, max_length=10_000, context_weight=0.5)
     assert enc.input_ids == plain.input_ids
     assert enc.weights[0] == 0.0
     for w, w_plain in zip(enc.weights[1:], plain.weights[1:]):
-        assert w == (1.0 if w_plain == 1.0 else 0.5)
+        assert w in ((1.0,) if w_plain == 1.0 else (0.5, 0.0))
+    half = [t for t, w in zip(enc.input_ids, enc.weights) if w == 0.5]
+    half_text = tok.decode(half)
+    for turn in chat()["conversations"]:
+        if turn["role"] == "user":  # every word the user wrote carries the context weight
+            assert all(word in half_text for word in turn["content"].split())
+    markup = [t for t, w in zip(enc.input_ids, enc.weights) if w == 0.0]
+    assert tok.convert_tokens_to_ids("<|start_header_id|>") in markup and tok.convert_tokens_to_ids("<|end_header_id|>") in markup
+    assert not {tok.convert_tokens_to_ids(x) for x in ("<|start_header_id|>", "<|end_header_id|>")} & set(half)
+    assert "user" not in half_text.split() and "assistant" not in half_text
 
 
 @pytest.mark.parametrize("record", toy_records(6, seed=3), ids=lambda r: r["id"])

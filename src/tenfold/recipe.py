@@ -57,7 +57,7 @@ class LoraSettings:
 class DataSettings:
     train_files: list[str] = field(default_factory=list)  # JSONL of conversation and plain-text records
     max_length: int = 81920
-    context_weight: float = 0.0  # loss weight on a conversation's non-assistant tokens (paper: 0)
+    context_weight: float = 0.0  # loss weight on the text of a conversation's user turns (paper: 0)
 
 
 @dataclass

@@ -115,9 +115,14 @@ def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_lengt
                                  f"rendering of a conversation's first turns is a prefix of the whole rendering")
             spans.append((len(prefix), len(upto)))
 
+    # The context weight goes on what the user wrote (the document, the questions), never on the
+    # template's markup: a header's "\n\n" is followed by the document in user turns and by the answer
+    # in assistant turns, and LM loss on the former teaches a small model to start answers with text.
+    context = _user_content_spans(record_id, turns, render, full) if context_weight else []
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoding["input_ids"]), encoding["offset_mapping"]
-    weights = [1.0 if any(s <= a and b <= e for s, e in spans) else context_weight for a, b in offsets]
+    weights = [1.0 if any(s <= a and b <= e for s, e in spans)
+               else context_weight if any(s <= a and b <= e for s, e in context) else 0.0 for a, b in offsets]
     weights[0] = 0.0
     overflow = len(ids) - max_length
     if overflow <= 0:
@@ -130,6 +135,20 @@ def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_lengt
     weights = weights[:head] + weights[head + overflow:]
     weights[head] = 0.0  # the first token after the cut cannot be predicted from the text before it
     return Encoded(record_id, ids[:head] + ids[head + overflow:], weights, True)
+
+
+def _user_content_spans(record_id: str, turns: list[dict], render, full: str) -> list[tuple[int, int]]:
+    """Character ranges of every user turn's content inside the rendered conversation."""
+    spans = []
+    for i, turn in enumerate(turns):
+        if turn["role"] == "user":
+            content = turn["content"].strip()  # the template trims content (Llama-3's does)
+            start = full.find(content, len(render(turns[:i])) if i else 0)
+            if start < 0:
+                raise ValueError(f"record {record_id!r}: the chat template does not write user turn {i} verbatim, "
+                                 f"so data.context_weight cannot find its tokens; set data.context_weight to 0")
+            spans.append((start, start + len(content)))
+    return spans
 
 
 def _context_tokens(record_id: str, turns: list[dict], render, full: str,

@@ -13,6 +13,7 @@ from datasets.exceptions import DatasetGenerationError
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from tenfold.data import tokenize
 from tenfold.data.tokenize import RecordError, encode_record, read_jsonl
 from tenfold.data.toy import toy_records, write_jsonl
 from tenfold.recipe import Recipe
@@ -76,6 +77,7 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
         "files": {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files},
         "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "template": tokenizer.chat_template,
         "max_length": recipe.data.max_length, "context_weight": recipe.data.context_weight,
+        "encoder": hashlib.sha256(Path(tokenize.__file__).read_bytes()).hexdigest(),  # new code, new encoding
     }, sort_keys=True).encode()).hexdigest()[:16]
     try:
         rows = datasets.Dataset.from_generator(
