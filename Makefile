@@ -9,8 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: demo test install clean
 
 demo: $(VENV)/.installed
-	$(BIN)/tenfold train --recipe recipes/tiny-cpu.yaml
-	$(BIN)/tenfold merge runs/tiny-cpu --output-dir runs/tiny-cpu/merged
+	$(BIN)/tenfold demo --output-dir runs/demo
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

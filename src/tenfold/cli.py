@@ -70,6 +70,14 @@ def cmd_mix(args: argparse.Namespace) -> None:
     print(f"mix: {summary['records']} records ({parts}) in {args.output}; summary in {args.output}.summary.json")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tenfold.demo.run import demo
+
+    results = demo(args.output_dir, args.quick, args.rope_factor)
+    print(f"demo: finished in {results['seconds']:.0f} s; report in {args.output_dir}/report.md, "
+          f"numbers in {args.output_dir}/results.json")
+
+
 def int_list(text: str) -> list[int]:
     return [int(float(v)) for v in text.split(",") if v.strip()]
 
@@ -204,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--tokenizer", default="tenfold/tiny-llama", help="counts tokens and cuts plain text to --max-length")
     mix.add_argument("--max-length", dest="max_length", type=int, default=81920, help="plain text is cut to this many tokens")
     mix.set_defaults(func=cmd_mix)
+
+    demo = verbs.add_parser("demo", help="the whole method on a tiny model on the CPU: base, RoPE-only, RoPE + QLoRA")
+    demo.add_argument("--quick", action="store_true", help="a small grid and a few training steps (under 2 minutes)")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--rope-factor", type=float, help="RoPE base multiplier (default: recipes/demo-cpu.yaml's, x400)")
+    demo.set_defaults(func=cmd_demo)
 
     evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)

@@ -1,0 +1,139 @@
+"""`tenfold demo`: the toy world and its tokenizer, and a quick demo whose report comes from the run."""
+
+import json
+import random
+
+import pytest
+
+from tenfold.cli import build_parser
+from tenfold.data.extractive import extract
+from tenfold.data.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS
+from tenfold.demo import world
+from tenfold.demo.report import summary_row
+from tenfold.train.model import load_tokenizer
+
+CONTRACT_KEYS = {"native_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
+                 "seconds"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tenfold/toy-llama")
+
+
+def test_shipped_tokenizer_makes_every_word_and_number_one_token(tokenizer):
+    words = COLOURS + ANIMALS + VERBS + OBJECTS + [o + "s" for o in OBJECTS] + NUMBERS + NAMES + ["number", "is"]
+    for word in words:
+        assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+    for n in range(100):  # " 42" in a document, "42" as an answer right after the assistant header
+        assert len(tokenizer(f" {n}", add_special_tokens=False)["input_ids"]) == 1
+        assert len(tokenizer(f"{n}", add_special_tokens=False)["input_ids"]) == 1
+    line = world.diary(3, random.Random(0))[1] + "\n"
+    assert len(tokenizer(line, add_special_tokens=False)["input_ids"]) == world.LINE_TOKENS
+
+
+def test_tokenizer_encodes_what_the_pipeline_writes(tokenizer):
+    rng = random.Random(1)
+    document = world.plain_record(30, rng, n_facts=4)["text"]
+    items = json.loads(extract("single_detail", [document], 4)) + json.loads(extract("multi_detail", [document], 4))
+    assert {i["question"] for i in items} >= {world.question(n) for n in NAMES if f"number of {n} is" in document}
+    turns = [{"role": "user", "content": document + "\n\n" + items[0]["question"]}]
+    for item in items:
+        turns += [{"role": "assistant", "content": item["answer"]}, {"role": "user", "content": item["question"]}]
+    text = tokenizer.apply_chat_template(turns[:-1], tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text  # byte-level: lossless, no unknown token
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.convert_ids_to_tokens(ids[-1]) == "<|eot_id|>"
+
+
+@pytest.mark.parametrize("length,depth", [(256, 0), (256, 100), (1280, 50), (2560, 25)])
+def test_needle_case_fits_its_length_and_puts_the_fact_at_its_depth(tokenizer, length, depth):
+    case = world.needle_case(tokenizer, length, depth, random.Random(5), "x")
+    assert length - 2 * world.LINE_TOKENS <= case["tokens"] <= length
+    assert case["tokens"] == world.prompt_tokens(tokenizer, case["prompt"])
+    lines = case["prompt"].split("\n\n")[0].split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("the number of"))
+    assert lines[at].endswith(f" is {case['answer']} .")
+    assert abs(at / (len(lines) - 1) - depth / 100) < 0.05
+    assert case["prompt"].endswith(world.question(lines[at].split()[3]))
+
+
+def test_demo_flag_reaches_the_demo_function():
+    args = build_parser().parse_args(["demo", "--quick", "--rope-factor", "20", "--output-dir", "x"])
+    assert (args.quick, args.rope_factor, args.output_dir) == (True, 20.0, "x")
+
+
+def read_predictions(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def grid_from_predictions(path):
+    cells = {}
+    for record in read_predictions(path):
+        cells.setdefault((record["length"], record["depth"]), []).append(record["prediction"].strip() == record["answer"])
+    return {key: sum(hits) / len(hits) for key, hits in cells.items()}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    from tenfold.demo.run import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo(out, quick=True, rope_factor=20.0)
+
+
+def test_quick_demo_writes_the_contract(quick_demo):
+    out, results = quick_demo
+    assert set(json.loads((out / "results.json").read_text())) == CONTRACT_KEYS
+    assert results["native_length"] == 256 and results["rope_factor"] == 20.0
+    for row in ("before", "rope_only", "after"):
+        assert {tuple(sorted(c)) for c in results[row]} == {("accuracy", "depth", "length")}
+        assert all(0 <= c["accuracy"] <= 1 for c in results[row])
+        assert len(results["loss_by_position"][row]) == 10
+        assert 0 <= results["short_check"][row] <= 1
+    for picture in ("loss.png", "before/before.png", "rope-x20/rope_only.png", "after-x20/after.png"):
+        assert (out / picture).stat().st_size > 1000
+        assert picture in (out / "report.md").read_text()
+    summary = json.loads((out / "train-x20" / "summary.json").read_text())
+    assert summary["rope"]["rope_theta"] == 500.0 * 20  # --rope-factor reached `tenfold train`
+    assert summary["steps"] > 0 and summary["data"]
+
+
+def test_quick_demo_numbers_come_from_its_predictions(quick_demo):
+    out, results = quick_demo
+    for row, path in [("before", "before/before.predictions.jsonl"), ("rope_only", "rope-x20/rope_only.predictions.jsonl"),
+                      ("after", "after-x20/after.predictions.jsonl")]:
+        measured = grid_from_predictions(out / path)
+        assert {(c["length"], c["depth"]): c["accuracy"] for c in results[row]} == measured
+    short = read_predictions(out / "before" / "before.short.predictions.jsonl")
+    assert results["short_check"]["before"] == sum(r["prediction"].strip() == r["answer"] for r in short) / len(short)
+    # The base's loss climbs past its native length by construction of RoPE base 500; the rows differ.
+    losses = results["loss_by_position"]
+    assert losses["before"] != losses["rope_only"] != losses["after"]
+    report = (out / "report.md").read_text()
+    before = summary_row(results, "before")
+    assert f"| {before['loss_1x']:.2f} | {before['loss_10x']:.2f} |" in report
+
+
+def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
+    """Rerun on the same directory after editing one recorded prediction: finished work is reused, and
+    results.json and the report change with it, so they are computed from the run's files."""
+    import shutil
+
+    from tenfold.demo.run import demo
+
+    out, results = quick_demo
+    copy = tmp_path / "demo"
+    shutil.copytree(out, copy)
+    path = copy / "before" / "before.predictions.jsonl"
+    records = read_predictions(path)
+    first = records[0]
+    first["prediction"] = first["answer"] if first["prediction"].strip() != first["answer"] else "no"
+    first["score"] = float(first["prediction"] == first["answer"])
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    again = demo(copy, quick=True, rope_factor=20.0)
+    cell = next(c for c in again["before"] if (c["length"], c["depth"]) == (first["length"], first["depth"]))
+    old = next(c for c in results["before"] if (c["length"], c["depth"]) == (first["length"], first["depth"]))
+    assert cell["accuracy"] != old["accuracy"]
+    assert cell["accuracy"] == grid_from_predictions(path)[(first["length"], first["depth"])]
+    assert again["after"] == results["after"]  # training was not redone: the adapter's predictions stand
