@@ -1,4 +1,6 @@
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -154,10 +156,16 @@ def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
         recipe = tiny_recipe(**{"train.output_dir": str(tmp_path / f"p{procs}")})
         path = tmp_path / f"recipe{procs}.yaml"
         loop.dump_recipe(recipe, path)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(29610 + procs), str(script), str(path), str(tmp_path / f"summary{procs}-rank")]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        with socket.socket() as s:  # a free port, so no other job's rendezvous can collide with ours
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
+               "127.0.0.1", "--master_port", str(port), str(script), str(path), str(tmp_path / f"summary{procs}-rank")]
+        log = tmp_path / f"torchrun{procs}.log"
+        with open(log, "w") as out:  # loopback only: gloo must not depend on how the host name resolves
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=240,
+                                  env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"))
+        assert done.returncode == 0, log.read_text()[-3000:]
         summaries = [json.loads((tmp_path / f"summary{procs}-rank{r}").read_text()) for r in range(procs)]
         assert all(s["processes"] == procs for s in summaries)
         assert len({s["weights_sha256"] for s in summaries}) == 1  # every replica ended with the same weights
