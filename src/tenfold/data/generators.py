@@ -17,17 +17,8 @@ import os
 import random
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tenfold.data.extractive import extract
-
-
-def shipped_or_given(name: str) -> str:
-    """`tenfold/<name>` is a model shipped in the package (as in tenfold.train.model.resolve_model_path,
-    which we do not import: that module loads peft and bitsandbytes, seconds of start-up for nothing)."""
-    if name.startswith("tenfold/"):
-        return str(Path(__file__).resolve().parent.parent / "assets" / name.removeprefix("tenfold/"))
-    return name
 
 
 @dataclass
@@ -158,7 +149,9 @@ class TransformersGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = shipped_or_given(model)
+        from tenfold.train.model import resolve_model_path
+
+        path = resolve_model_path(model)
         self.model, self.max_new_tokens, self.temperature = model, max_new_tokens, temperature
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.chat_template:

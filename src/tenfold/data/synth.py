@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
 from tenfold.data.corpus import filter_documents, read_corpus, warn
-from tenfold.data.generators import Reply, Request, make_generator, shipped_or_given
+from tenfold.data.generators import Reply, Request, make_generator
 from tenfold.data.prompts import PROMPTS, TASKS
 from tenfold.data.replies import valid_items
 from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
@@ -174,10 +174,12 @@ def contexts(settings: SynthSettings, generator, count_tokens, skipped: Counter)
 
 
 def load_tokenizer(name: str):
-    """The target model's tokenizer, only to count tokens (see shipped_or_given for why not train.model's)."""
+    """The target model's tokenizer, only to count tokens."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(shipped_or_given(name))
+    from tenfold.train.model import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
 def synth(settings: SynthSettings) -> dict:

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from tenfold.recipe import LoraSettings, ModelSettings, Recipe
@@ -95,6 +94,8 @@ def check_rope(model, rope: dict) -> None:
 
 
 def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model  # here, not at the top: synth resolves model names without peft
+
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no requires_grad on the inputs and works with frozen 4-bit layers.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
