@@ -36,7 +36,7 @@ def needle_grid(backend, out_dir: str | Path, name: str, lengths: list[int], dep
              for length in lengths for depth in depths for k in range(samples)]
     records = run_cases(backend, cases, out_dir / f"{name}.predictions.jsonl", ANSWER_TOKENS, exact_match,
                         desc=f"needle {name}")
-    heatmap(records, out_dir / f"{name}.png", title, training_length=native_length)
+    heatmap(records, out_dir / f"{name}.png", title, training_length=native_length, length_label="native length")
     return [{"length": length, "depth": depth,
              "accuracy": mean(r["score"] for r in records if r["length"] == length and r["depth"] == depth)}
             for length in lengths for depth in depths]

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from tenfold.demo.measure import loss_by_position, needle_grid, short_check
-from tenfold.demo.world import plain_record, question_record, synth_corpus
+from tenfold.demo.world import LINE_TOKENS, plain_record, question_record, synth_corpus
 
 BASE_MODEL = "tenfold/toy-llama"
 FACTOR = 10  # ten-fold context
@@ -46,8 +46,9 @@ def measure(name: str, backend, out: Path, lengths: list[int], depths: list[floa
 
 
 def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> Path:
-    """Toy documents -> `tenfold synth` (offline, single and multi detail) -> `tenfold mix` with long plain
-    diaries and short questions: about half long conversations, a third plain text, the rest short."""
+    """Long toy documents -> `tenfold synth` (offline generator, every fact asked in its own turn) ->
+    `tenfold mix` with long plain diaries and short questions: half long conversations, a third plain
+    text, the rest short questions (the recipe's demo: section sets the counts and lengths)."""
     from tenfold.data.mix import mix
     from tenfold.data.synth import synth, synth_settings
     from tenfold.data.toy import write_jsonl
@@ -56,19 +57,21 @@ def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> 
     mixed = data / "train.jsonl"
     if mixed.is_file():
         return mixed
-    corpus = synth_corpus(data / "corpus", sizes["conversations"], native // 12, 10 * native // 12 - 8, 4, 8, seed=1)
+    shortest, longest = (tokens // LINE_TOKENS for tokens in sizes["conversation_tokens"])
+    fewest, most = sizes["facts"]
+    corpus = synth_corpus(data / "corpus", sizes["conversations"], shortest, longest, fewest, most, seed=1)
     synthetic = data / "synth.jsonl"
     synth(synth_settings(None, {"corpus": str(corpus), "output": str(synthetic), "generator": "offline",
-                                "tasks": ["single_detail", "multi_detail"], "tokenizer": model_path,
-                                "min_tokens": native // 2, "max_tokens": 10 * native, "questions_per_chunk": 4,
-                                "multi_detail_questions": 4, "seed": 1}))
+                                "tasks": sizes["synth_tasks"], "tokenizer": model_path, "min_tokens": native // 2,
+                                "max_tokens": FACTOR * native, "questions_per_chunk": most,
+                                "multi_detail_questions": most // 2, "seed": 1}))
     rng = random.Random("demo-data")
     plain = write_jsonl([plain_record(rng.randint(native // 12, 10 * native // 12 - 4), rng, record_id=f"plain-{i}")
                          for i in range(sizes["plain"])], data / "plain.jsonl")
     short = write_jsonl([question_record(rng.randint(0, native // 12 - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
                                          record_id=f"short-{i}") for i in range(sizes["short"])], data / "short.jsonl")
     mix(mixed, [str(synthetic)], [str(short)], [str(plain)], {"synthetic": "all", "instruct": "all", "plain": "all"},
-        seed=1, tokenizer=model_path, max_length=10 * native)
+        seed=1, tokenizer=model_path, max_length=FACTOR * native)
     return mixed
 
 

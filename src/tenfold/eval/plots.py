@@ -16,8 +16,10 @@ NEEDLE_CMAP = LinearSegmentedColormap.from_list("custom_cmap", ["#F0496E", "#EBB
 
 
 def heatmap(cells: list[dict], path: str | Path, title: str, vmin: float = 0.0, vmax: float = 1.0,
-            training_length: int | None = None, x_key: str = "length", y_key: str = "depth") -> Path:
-    """Mean score per (depth, length) cell: depth down the side, length along the bottom."""
+            training_length: int | None = None, x_key: str = "length", y_key: str = "depth",
+            length_label: str = "training length") -> Path:
+    """Mean score per (depth, length) cell: depth down the side, length along the bottom; a dashed line
+    after the last length within `training_length`, labelled `length_label`."""
     xs = sorted({c[x_key] for c in cells})
     ys = sorted({c[y_key] for c in cells})
     grid = np.full((len(ys), len(xs)), np.nan)
@@ -41,7 +43,7 @@ def heatmap(cells: list[dict], path: str | Path, title: str, vmin: float = 0.0, 
         inside = sum(x <= training_length for x in xs)
         if 0 < inside < len(xs) or inside == len(xs):
             ax.axvline(inside, color="#1f4fd1", linestyle="--", linewidth=2.5,
-                       label=f"training length {training_length:,}")
+                       label=f"{length_label} {training_length:,}")
             ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False)
     fig.tight_layout()
     path = Path(path)

@@ -98,7 +98,11 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
 
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no requires_grad on the inputs and works with frozen 4-bit layers.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.x renamed gradient_checkpointing_enable (a deprecated alias now); early 5.x lacks the new name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=settings.targets, modules_to_save=settings.extra_trainable or None,
                         task_type="CAUSAL_LM")
