@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -163,9 +164,15 @@ def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
                "127.0.0.1", "--master_port", str(port), str(script), str(path), str(tmp_path / f"summary{procs}-rank")]
         log = tmp_path / f"torchrun{procs}.log"
         with open(log, "w") as out:  # loopback only: gloo must not depend on how the host name resolves
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=240,
-                                  env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"))
-        assert done.returncode == 0, log.read_text()[-3000:]
+            launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"))
+            try:
+                returncode = launcher.wait(timeout=240)
+            except subprocess.TimeoutExpired:  # a hung worker: kill the launcher and both workers, then fail
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+                returncode = "hung for 240 s"
+        assert returncode == 0, f"torchrun: {returncode}\n" + log.read_text()[-3000:]
         summaries = [json.loads((tmp_path / f"summary{procs}-rank{r}").read_text()) for r in range(procs)]
         assert all(s["processes"] == procs for s in summaries)
         assert len({s["weights_sha256"] for s in summaries}) == 1  # every replica ended with the same weights

@@ -9,6 +9,7 @@ accelerate supplies the processes (DDP, FSDP, DeepSpeed by its config) and autoc
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -161,6 +162,11 @@ def train(recipe: Recipe) -> dict:
         save_adapter(out / "adapter", model, tokenizer, recipe, rope)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    # Free the DDP wrapper while every process is alive and its process group still registered: freed
+    # after end_training, the last reference to a gloo group can hang in its destructor once a peer has exited.
+    del loss_model
+    accelerator.free_memory()
+    gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
