@@ -66,9 +66,9 @@ def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> 
                                 "max_tokens": FACTOR * native, "questions_per_chunk": most,
                                 "multi_detail_questions": most // 2, "seed": 1}))
     rng = random.Random("demo-data")
-    plain = write_jsonl([plain_record(rng.randint(native // 12, 10 * native // 12 - 4), rng, record_id=f"plain-{i}")
+    plain = write_jsonl([plain_record(rng.randint(native // LINE_TOKENS, FACTOR * native // LINE_TOKENS - 4), rng, record_id=f"plain-{i}")
                          for i in range(sizes["plain"])], data / "plain.jsonl")
-    short = write_jsonl([question_record(rng.randint(0, native // 12 - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
+    short = write_jsonl([question_record(rng.randint(0, native // LINE_TOKENS - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
                                          record_id=f"short-{i}") for i in range(sizes["short"])], data / "short.jsonl")
     mix(mixed, [str(synthetic)], [str(short)], [str(plain)], {"synthetic": "all", "instruct": "all", "plain": "all"},
         seed=1, tokenizer=model_path, max_length=FACTOR * native)
