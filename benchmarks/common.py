@@ -54,7 +54,7 @@ def tenfold_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu
     from tenfold.train.model import load_model_for_training
 
     recipe = load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
-        "model.name": str(model_dir), "model.dtype": "float32" if device == "cpu" else "bfloat16",
+        "model.name": str(model_dir), "model.dtype": "auto", "train.mixed_precision": "bf16" if bf16 else "no",
         "data.max_length": length, "model.offload_activations": offload})
     model, _ = load_model_for_training(recipe, torch.device(device))
     from tenfold.train.loop import offload_activations
@@ -78,15 +78,16 @@ def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cp
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    dtype = torch.bfloat16 if bf16 else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32 if device == "cpu" else torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant,
-                                                 dtype=torch.float32 if device == "cpu" else torch.bfloat16,
+                               bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=dtype,
                                                  attn_implementation="sdpa", device_map={"": device})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=32, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                              modules_to_save=["embed_tokens"]))
+    model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
 
     saved_on_cpu = torch.autograd.graph.save_on_cpu(pin_memory=device == "cuda") if offload else None

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -32,17 +33,11 @@ from transformers import get_scheduler
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.loss import CausalLMLoss
-from tenfold.train.model import load_model_for_training, load_tokenizer
+from tenfold.train.model import load_model_for_training, load_tokenizer, mixed_precision
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def mixed_precision(recipe: Recipe) -> str:
-    if recipe.train.mixed_precision != "auto":
-        return recipe.train.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def offload_activations(recipe: Recipe, device: torch.device):
@@ -63,6 +58,9 @@ def train(recipe: Recipe) -> dict:
     """Train the recipe's adapter into recipe.train.output_dir; resumes from its last checkpoint."""
     # ---- setup ----
     t = recipe.train
+    # accelerate keeps one precision per process; a second train() (a notebook, the tests) may want another.
+    # The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision(recipe), cpu=not torch.cuda.is_available())
     out = Path(t.output_dir)
     torch.manual_seed(t.seed)

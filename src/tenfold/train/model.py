@@ -25,12 +25,21 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def compute_dtype(settings: ModelSettings, device: torch.device) -> torch.dtype:
-    if settings.dtype != "auto":
-        return getattr(torch, settings.dtype)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def mixed_precision(recipe: Recipe) -> str:
+    if recipe.train.mixed_precision != "auto":
+        return recipe.train.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def compute_dtype(recipe: Recipe) -> torch.dtype:
+    """The dtype of the frozen base and of the residual stream: model.dtype, or auto: the mixed precision's.
+
+    Under bf16 autocast a fp32 base would keep the residual stream in fp32 (RMSNorm multiplies by its fp32
+    weight, bitsandbytes returns its input's dtype): twice the activation memory and the slow path.
+    """
+    if recipe.model.dtype != "auto":
+        return getattr(torch, recipe.model.dtype)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(recipe), torch.float32)
 
 
 def attention_implementation(settings: ModelSettings, device: torch.device) -> str:
@@ -66,7 +75,7 @@ def load_base_model(recipe: Recipe, device: torch.device, quantize: bool = True,
     path = resolve_model_path(settings.name)
     config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     rope = apply_rope(config, recipe.rope, recipe.data.max_length)
-    dtype = dtype or compute_dtype(settings, device)
+    dtype = dtype or compute_dtype(recipe)
     quant = quantization_config(settings, dtype) if quantize and settings.quantization != "none" else None
     model = AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, quantization_config=quant,
@@ -111,10 +120,36 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
+    cast_trained_module_outputs(model)
     return model
 
 
+def cast_trained_module_outputs(model) -> None:
+    """Under autocast, give the fully trained modules' outputs the autocast dtype.
+
+    Their fp32 master weights would otherwise make the trained embedding's output, and with it every
+    decoder layer's input and the whole residual stream, fp32 (embedding lookups are not autocast).
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    def cast(module, args, output):
+        device = output.device.type
+        if torch.is_autocast_enabled(device) and output.is_floating_point():
+            return output.to(torch.get_autocast_dtype(device))
+        return output
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module.register_forward_hook(cast)
+
+
 def load_model_for_training(recipe: Recipe, device: torch.device):
+    """The base with the recipe's RoPE, LoRA and trained extras, in training mode.
+
+    from_pretrained returns a model in eval mode, and transformers checkpoints a decoder layer only while
+    `self.training` is true: without train() every layer's activations would be kept.
+    """
     model, rope = load_base_model(recipe, device)
     model = add_lora(model, recipe.lora, recipe.model.gradient_checkpointing)
+    model.train()
     return model, rope
