@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -26,6 +29,18 @@ ADDRESS_SPACE_LIMIT = 24 * 2**30  # "fits in 24 GiB": a step that needs more fai
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8)
+LLAMA3_8B_DIR = MODEL_DIR.with_name("llama3-8b-shape")
+VOCAB = 128_256
+
+
+def llama_config(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None):
+    """The benchmark model's LlamaConfig: Llama-3's vocabulary and RoPE base, `shape` or the small sizes."""
+    from transformers import LlamaConfig
+
+    sizes = shape or dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=heads)
+    return LlamaConfig(vocab_size=VOCAB, max_position_embeddings=8192, rope_theta=500_000.0,
+                       tie_word_embeddings=False, **sizes)
 
 
 def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, heads: int = 4,
@@ -33,12 +48,9 @@ def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, head
     """Random weights saved once; `shape` (e.g. LLAMA3_8B) replaces the small default sizes."""
     if (path / "config.json").is_file():
         return path
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    sizes = shape or dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=heads, num_key_value_heads=heads)
-    config = LlamaConfig(vocab_size=128_256, max_position_embeddings=8192, rope_theta=500_000.0,
-                         tie_word_embeddings=False, **sizes)
+    config = llama_config(hidden, layers, heads, shape)
     torch.manual_seed(0)
     device = "cuda" if shape and torch.cuda.is_available() else "cpu"  # 8B random init is minutes on a CPU
     with torch.device(device):
@@ -47,24 +59,30 @@ def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, head
     return path
 
 
-def tenfold_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu", offload: bool = False):
-    """tenfold train's step: QLoRA model from tenfold's loader, label-sparse loss, AdamW."""
-    from tenfold.recipe import load_recipe
-    from tenfold.train.loss import CausalLMLoss
-    from tenfold.train.model import load_model_for_training
+def tenfold_step_fn(model_dir: Path | None = None, length: int = 0, bf16: bool = True, device: str = "cpu",
+                    offload: bool = False, recipe=None):
+    """tenfold train's step: QLoRA model from tenfold's loader, label-sparse loss, AdamW.
 
-    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
+    `recipe` replaces the paper's recipe pointed at model_dir (its precision then comes from the recipe).
+    """
+    from tenfold.recipe import load_recipe
+    from tenfold.train.loop import build_optimizer, offload_activations
+    from tenfold.train.loss import CausalLMLoss
+    from tenfold.train.model import load_model_for_training, mixed_precision
+
+    recipe = recipe or load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
         "model.name": str(model_dir), "model.dtype": "auto", "train.mixed_precision": "bf16" if bf16 else "no",
         "data.max_length": length, "model.offload_activations": offload})
+    bf16 = mixed_precision(recipe) == "bf16"
     model, _ = load_model_for_training(recipe, torch.device(device))
-    from tenfold.train.loop import offload_activations
     loss_model = CausalLMLoss(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
 
     def step(input_ids):
         input_ids = input_ids.to(device)
         weights = torch.ones_like(input_ids, dtype=torch.float32)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16), offload_activations(recipe, torch.device(device)):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16), \
+                offload_activations(recipe, torch.device(device)):
             loss = loss_model(input_ids, torch.ones_like(input_ids), weights) / weights[:, 1:].sum()
         loss.backward()
         optimizer.step()
@@ -73,20 +91,29 @@ def tenfold_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu
     return step
 
 
-def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu", offload: bool = False):
-    """The plain path: transformers + peft's QLoRA recipe, the model's own loss from labels."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+def qlora_configs(dtype: torch.dtype):
+    """The NF4 base and the LoRA the paper's recipe trains (r32, alpha 16, q/k/v/o, embed_tokens in full)."""
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if bf16 else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
+    lora = LoraConfig(r=32, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], modules_to_save=["embed_tokens"])
+    return quant, lora
+
+
+def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu", offload: bool = False):
+    """The plain path: transformers + peft's QLoRA recipe, the model's own loss from labels."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    quant, lora = qlora_configs(dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=dtype,
                                                  attn_implementation="sdpa", device_map={"": device})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                             modules_to_save=["embed_tokens"]))
+    model = get_peft_model(model, lora)
     model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
 
@@ -103,29 +130,104 @@ def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cp
     return step
 
 
+class StepTimer(TrainerCallback):
+    """Times one optimizer step; on a GPU the peak-memory statistics start with it. Called directly around a
+    step function's call, or as a callback inside a Trainer's loop: the step with index `step` (0-based),
+    from on_step_begin (after its batch is fetched) to on_step_end (after the optimizer step)."""
+
+    def __init__(self, device: str, step: int = 1):
+        self.device, self.step, self.started, self.seconds = device, step, 0.0, None
+
+    def begin(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.started = time.perf_counter()
+
+    def end(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.started
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step + 1:
+            self.end()
+
+
+def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: str, offload: bool,
+              timer: StepTimer) -> float:
+    """TRL's SFTTrainer (trl 1.x) with its documented long-context settings, one optimizer step per row of
+    `inputs` in order (timer.step picks the timed one); returns the timed step's loss.
+
+    On: non-reentrant activation checkpointing; TRL's default loss (its fused, chunked LM head: log-probs
+    over tiles of 4,096 tokens x 32,768 vocabulary entries, never the full logits); padding-free batches
+    (one unpadded sequence; flash-attention 2 where installed on a GPU, as TRL documents for padding-free,
+    else SDPA); activation offloading with `offload` on a GPU. Off: activation offloading on the CPU (TRL's
+    OffloadActivations asks torch for the current accelerator and fails without one, and the activations are
+    in host memory already); packing (one sequence per step: nothing to pack); use_liger_kernel (deprecated
+    in 1.16, Triton/CUDA kernels, and SFTTrainer refuses Liger's fused cross-entropy, its own head replacing
+    it); selective checkpointing (saves more to recompute less: memory for speed). TRL casts QLoRA's
+    trainable weights to bf16, in fp32 runs too. AdamW at 5e-5 without clipping, like the other paths."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_steps=len(inputs), per_device_train_batch_size=1,
+        train_sampling_strategy="sequential", optim="adamw_torch", learning_rate=5e-5, weight_decay=0.0,
+        max_grad_norm=0.0, bf16=bf16, use_cpu=device == "cpu", seed=0,
+        activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
+        padding_free=True, max_length=None, activation_offloading=offload and device == "cuda",
+        model_init_kwargs={"dtype": dtype, "device_map": {"": device},
+                           "attn_implementation": "flash_attention_2" if flash else "sdpa"},
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
+    # The rows are token ids already; the tokenizer only names the pad token (never used: batch size 1).
+    tokenizer = PreTrainedTokenizerFast(pad_token="<pad>", eos_token="<pad>", tokenizer_object=Tokenizer(
+        models.WordLevel({"<pad>": 0}, unk_token="<pad>")))
+    quant, lora = qlora_configs(dtype)
+    trainer = SFTTrainer(str(model_dir), args=config, processing_class=tokenizer, quantization_config=quant,
+                         peft_config=lora, callbacks=[timer],
+                         train_dataset=Dataset.from_dict({"input_ids": [row[0].tolist() for row in inputs]}))
+    trainer.train()
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log][timer.step]
+
+
+STEP_FNS = {"baseline": baseline_step_fn, "tenfold": tenfold_step_fn}
+
+
+def benchmark_model(model: str = "small") -> Path:
+    """The model directory for `small` (hidden 128, 2 layers) or `llama3-8b` (LLAMA3_8B), built if absent."""
+    return build_model() if model == "small" else build_model(LLAMA3_8B_DIR, shape=LLAMA3_8B)
+
+
 def measure_step(path: str, length: int, bf16: bool, device: str = "cpu", model: str = "small",
                  offload: bool = False) -> dict:
-    """One warm-up step at 256 tokens, then one timed step at `length`; peak memory of this process
-    (max RSS on the CPU, max allocated on a GPU)."""
-    model_dir = build_model() if model == "small" else build_model(MODEL_DIR.with_name("llama3-8b-shape"),
-                                                                   shape=LLAMA3_8B)
-    make = tenfold_step_fn if path == "tenfold" else baseline_step_fn
-    step = make(model_dir, length, bf16, device, offload)
+    """One warm-up step at 256 tokens, then one timed step at `length` (same random ids, seed 0, every token
+    labelled, on every path); peak memory of this process (max RSS on the CPU, max allocated on a GPU from
+    the timed step's start)."""
+    model_dir = benchmark_model(model)
     generator = torch.Generator().manual_seed(0)
-    step(torch.randint(0, 128_256, (1, 256), generator=generator))
-    input_ids = torch.randint(0, 128_256, (1, length), generator=generator)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    loss = step(input_ids)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    inputs = [torch.randint(0, VOCAB, (1, n), generator=generator) for n in (256, length)]
+    timer = StepTimer(device)
+    if path == "trl":
+        loss = trl_train(model_dir, inputs, bf16, device, offload, timer)
+    else:
+        step = STEP_FNS[path](model_dir, length, bf16, device, offload)
+        step(inputs[0])
+        timer.begin()
+        loss = step(inputs[1])
+        timer.end()
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-    return {"path": path, "length": length, "peak_mem_gb": peak, "tokens_per_s": length / seconds,
-            "seconds": seconds, "loss": loss, "oom": False, "device": device, "offload": offload}
+    return {"path": path, "length": length, "peak_mem_gb": peak, "tokens_per_s": length / timer.seconds,
+            "seconds": timer.seconds, "loss": loss, "oom": False, "device": device, "offload": offload}
 
 
 OUT_OF_MEMORY = ("can't allocate memory", "MemoryError", "OutOfMemoryError", "CUDA out of memory")
@@ -133,17 +235,24 @@ OUT_OF_MEMORY = ("can't allocate memory", "MemoryError", "OutOfMemoryError", "CU
 
 def measure_in_subprocess(path: str, length: int, bf16: bool, device: str = "cpu", model: str = "small",
                           offload: bool = False, timeout: float = 3600) -> dict:
-    """Each measurement in a fresh process, so peak memory is that step's alone; out of memory -> oom."""
+    """Each measurement in a fresh process, so peak memory is that step's alone; out of memory -> oom, past
+    `timeout` seconds -> timed_out (both without figures); wall_s: the child's whole run, loading included."""
     cmd = [sys.executable, str(Path(__file__)), path, str(length), "bf16" if bf16 else "fp32", device, model,
            "offload" if offload else "keep"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    started = time.perf_counter()
+    empty = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True,
+             "device": device, "offload": offload}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return empty | {"oom": False, "timed_out": True, "wall_s": time.perf_counter() - started}
+    wall = {"wall_s": time.perf_counter() - started}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            return json.loads(line) | wall
     if not (any(m in done.stderr for m in OUT_OF_MEMORY) or done.returncode == -9):
         raise RuntimeError(f"{path} at {length} failed:\n{done.stderr[-3000:]}")
-    return {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True,
-            "device": device, "offload": offload}
+    return empty | wall
 
 
 def machine() -> str:

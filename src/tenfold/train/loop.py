@@ -48,6 +48,13 @@ def offload_activations(recipe: Recipe, device: torch.device):
     return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
 
 
+def build_optimizer(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW, fused: the default multi-tensor AdamW makes temporaries as large as the trained parameters
+    (4 GB at Llama-3-8B's fp32 embedding copy), which set the step's peak at short context."""
+    return torch.optim.AdamW(params, lr=recipe.train.learning_rate, weight_decay=recipe.train.weight_decay,
+                             fused=True)
+
+
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -79,7 +86,7 @@ def train(recipe: Recipe) -> dict:
     model, rope = load_model_for_training(recipe, accelerator.device)
     loss_model = CausalLMLoss(model, t.loss_chunk_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(trainable, recipe)
     scheduler = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
                               num_training_steps=len(plan))
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
