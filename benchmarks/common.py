@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,20 +58,26 @@ def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, head
     return path
 
 
+def paper_recipe(model_dir: Path, length: int, bf16: bool = True, offload: bool = False):
+    """The paper's recipe (recipes/llama3-8b-instruct-80k.yaml) pointed at model_dir, for one length."""
+    from tenfold.recipe import load_recipe
+
+    return load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
+        "model.name": str(model_dir), "model.dtype": "auto", "data.max_length": length,
+        "train.mixed_precision": "bf16" if bf16 else "no", "model.offload_activations": offload})
+
+
 def tenfold_step_fn(model_dir: Path | None = None, length: int = 0, bf16: bool = True, device: str = "cpu",
                     offload: bool = False, recipe=None):
     """tenfold train's step: QLoRA model from tenfold's loader, label-sparse loss, AdamW.
 
     `recipe` replaces the paper's recipe pointed at model_dir (its precision then comes from the recipe).
     """
-    from tenfold.recipe import load_recipe
     from tenfold.train.loop import build_optimizer, offload_activations
     from tenfold.train.loss import CausalLMLoss
     from tenfold.train.model import load_model_for_training, mixed_precision
 
-    recipe = recipe or load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
-        "model.name": str(model_dir), "model.dtype": "auto", "train.mixed_precision": "bf16" if bf16 else "no",
-        "data.max_length": length, "model.offload_activations": offload})
+    recipe = recipe or paper_recipe(model_dir, length, bf16, offload)
     bf16 = mixed_precision(recipe) == "bf16"
     model, _ = load_model_for_training(recipe, torch.device(device))
     loss_model = CausalLMLoss(model)
@@ -99,7 +104,8 @@ def qlora_configs(dtype: torch.dtype):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
     lora = LoraConfig(r=32, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], modules_to_save=["embed_tokens"])
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      modules_to_save=["embed_tokens"])
     return quant, lora
 
 
@@ -130,13 +136,11 @@ def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cp
     return step
 
 
-class StepTimer(TrainerCallback):
-    """Times one optimizer step; on a GPU the peak-memory statistics start with it. Called directly around a
-    step function's call, or as a callback inside a Trainer's loop: the step with index `step` (0-based),
-    from on_step_begin (after its batch is fetched) to on_step_end (after the optimizer step)."""
+class StepTimer:
+    """Times one optimizer step; on a GPU the peak-memory statistics start with it."""
 
-    def __init__(self, device: str, step: int = 1):
-        self.device, self.step, self.started, self.seconds = device, step, 0.0, None
+    def __init__(self, device: str):
+        self.device, self.started, self.seconds = device, 0.0, None
 
     def begin(self) -> None:
         if self.device == "cuda":
@@ -149,19 +153,27 @@ class StepTimer(TrainerCallback):
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.started
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            self.begin()
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step + 1:
-            self.end()
+def timing_callback(timer: StepTimer, step: int):
+    """A TrainerCallback running `timer` around the loop's step `step` (0-based): from on_step_begin (its
+    batch already fetched) to on_step_end (after the optimizer step)."""
+    from transformers import TrainerCallback
+
+    class TimedStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                timer.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step + 1:
+                timer.end()
+    return TimedStep()
 
 
 def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: str, offload: bool,
               timer: StepTimer) -> float:
     """TRL's SFTTrainer (trl 1.x) with its documented long-context settings, one optimizer step per row of
-    `inputs` in order (timer.step picks the timed one); returns the timed step's loss.
+    `inputs` in order, the last one timed by `timer` through a TrainerCallback; returns its loss.
 
     On: non-reentrant activation checkpointing; TRL's default loss (its fused, chunked LM head: log-probs
     over tiles of 4,096 tokens x 32,768 vocabulary entries, never the full logits); padding-free batches
@@ -171,7 +183,9 @@ def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: s
     in host memory already); packing (one sequence per step: nothing to pack); use_liger_kernel (deprecated
     in 1.16, Triton/CUDA kernels, and SFTTrainer refuses Liger's fused cross-entropy, its own head replacing
     it); selective checkpointing (saves more to recompute less: memory for speed). TRL casts QLoRA's
-    trainable weights to bf16, in fp32 runs too. AdamW at 5e-5 without clipping, like the other paths."""
+    trainable weights to bf16, in fp32 runs too. AdamW at 5e-5 without clipping, like the other paths.
+    Without Triton (the CPU) the head's tiles are plain torch ops on fp32 temporaries of min(length, 4,096)
+    x 32,768 entries: its memory grows with length up to 4K tokens (~1 GB per 1K here), then stays."""
     from datasets import Dataset
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
@@ -180,9 +194,9 @@ def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: s
     dtype = torch.bfloat16 if bf16 else torch.float32
     flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
     config = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_steps=len(inputs), per_device_train_batch_size=1,
-        train_sampling_strategy="sequential", optim="adamw_torch", learning_rate=5e-5, weight_decay=0.0,
-        max_grad_norm=0.0, bf16=bf16, use_cpu=device == "cpu", seed=0,
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_steps=len(inputs), seed=0,
+        per_device_train_batch_size=1, train_sampling_strategy="sequential", bf16=bf16, use_cpu=device == "cpu",
+        optim="adamw_torch", learning_rate=5e-5, weight_decay=0.0, max_grad_norm=0.0,
         activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
         padding_free=True, max_length=None, activation_offloading=offload and device == "cuda",
         model_init_kwargs={"dtype": dtype, "device_map": {"": device},
@@ -193,10 +207,10 @@ def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: s
         models.WordLevel({"<pad>": 0}, unk_token="<pad>")))
     quant, lora = qlora_configs(dtype)
     trainer = SFTTrainer(str(model_dir), args=config, processing_class=tokenizer, quantization_config=quant,
-                         peft_config=lora, callbacks=[timer],
+                         peft_config=lora, callbacks=[timing_callback(timer, len(inputs) - 1)],
                          train_dataset=Dataset.from_dict({"input_ids": [row[0].tolist() for row in inputs]}))
     trainer.train()
-    return [log["loss"] for log in trainer.state.log_history if "loss" in log][timer.step]
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log][-1]
 
 
 STEP_FNS = {"baseline": baseline_step_fn, "tenfold": tenfold_step_fn}

@@ -1,12 +1,16 @@
-"""Peak memory and tokens/s of one QLoRA optimizer step against context length: tenfold vs plain HF.
+"""Peak memory and tokens/s of one QLoRA optimizer step against context length: tenfold vs plain HF vs TRL.
 
 Each (path, length) runs in a fresh process limited to 24 GiB of address space; a step that needs
-more fails to allocate and is recorded as out of memory. The baseline is transformers + peft's QLoRA
-recipe with gradient checkpointing and the model's own loss from labels; tenfold is `tenfold train`'s
-step. Same model, LoRA settings, data (every token carries loss: the worst case for tenfold's
-label-sparse loss) and bf16 autocast.
+more fails to allocate and is recorded as out of memory. The paths: "baseline", transformers + peft's
+QLoRA recipe with gradient checkpointing and the model's own loss from labels; "trl", TRL's
+SFTTrainer with its documented long-context settings (checkpointing, its chunked fused LM head,
+padding-free; activation offloading on GPUs; see common.trl_train); "tenfold", `tenfold train`'s step.
+Same model, NF4 base, LoRA settings, data (every token carries loss: the worst case for tenfold's
+label-sparse loss) and bf16 autocast. All paths of one length run back to back.
 
-    python benchmarks/train_memory.py [--quick] [--max-length N]
+    python benchmarks/train_memory.py [--quick] [--max-length N] [--lengths N,...]
+                                      [--paths baseline,trl,tenfold]
+    python benchmarks/train_memory.py --gpu [--paths ...]
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 from common import markdown_table, measure_in_subprocess, record
 
-PATHS = ("baseline", "tenfold")
+PATHS = ("baseline", "trl", "tenfold")
+KEYS = ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")
 
 
 def linear_fit(rows: list[dict]) -> str:
@@ -34,76 +39,98 @@ def linear_fit(rows: list[dict]) -> str:
             f"growth exponent of memory above the intercept {exponent:.2f})")
 
 
-def gpu_section(max_length: int) -> tuple[list[dict], str]:
-    """A Llama-3-8B-shaped model (random weights) on the GPU: baseline, tenfold, tenfold + offload."""
+def label(row: dict) -> str:
+    return row["path"] + (" + offload" if row.get("offload") else "")
+
+
+def gpu_section(max_length: int, paths: list[str]) -> tuple[list[dict], str]:
+    """A Llama-3-8B-shaped model (random weights) on the GPU: each path, TRL and tenfold also with offload."""
     lengths = [n for n in (8192, 16384, 32768, 65536, 81920, 131072, 196608, 262144) if n <= max_length]
+    runs = [(p, offload) for p in paths for offload in ((False,) if p == "baseline" else (False, True))]
     rows = []
-    for path, offload in (("baseline", False), ("tenfold", False), ("tenfold", True)):
+    for path, offload in runs:
         for length in lengths:
-            row = measure_in_subprocess(path, length, bf16=True, device="cuda", model="llama3-8b", offload=offload)
-            rows.append({k: row[k] for k in ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")})
+            row = measure_in_subprocess(path, length, True, device="cuda", model="llama3-8b", offload=offload)
+            rows.append({k: row[k] for k in KEYS})
             print(rows[-1], flush=True)
             if row["oom"]:
                 break
-    label = lambda r: r["path"] + (" + offload" if r["offload"] else "")  # noqa: E731
     table = markdown_table(["path", "length", "peak GB", "tokens/s"], [
         [label(r), r["length"], "OOM" if r["oom"] else f"{r['peak_mem_gb']:.1f}",
          "" if r["oom"] else f"{r['tokens_per_s']:.0f}"] for r in rows])
     return rows, table
 
 
+def cpu_rows(lengths: list[int], paths: list[str], bf16: bool) -> list[dict]:
+    """Every path at one length back to back, so the machine's load is alike for all of them."""
+    rows, out_of_memory = [], set()
+    for length in lengths:
+        for path in paths:
+            if path in out_of_memory:  # longer cannot fit either
+                row = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True}
+            else:
+                row = measure_in_subprocess(path, length, bf16=bf16)
+            if row["oom"]:
+                out_of_memory.add(path)
+            rows.append({k: row.get(k, False) for k in KEYS})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def comparison_table(rows: list[dict], lengths: list[int], paths: list[str]) -> str:
+    """Peak GB and tokens/s of each path per length, and tenfold's ratio to each other path."""
+    by = {(r["path"], r["length"]): r for r in rows}
+    others = [p for p in paths if p != "tenfold"] if "tenfold" in paths else []
+    cell = lambda r, k, f: "OOM" if r["oom"] else format(r[k], f)  # noqa: E731
+    ratio = lambda t, o, k: "" if t["oom"] or o["oom"] else f"{t[k] / o[k]:.2f}x"  # noqa: E731
+    table_rows = []
+    for n in lengths:
+        t = by.get(("tenfold", n))
+        table_rows.append([n] + [cell(by[(p, n)], "peak_mem_gb", ".2f") for p in paths]
+                          + [ratio(t, by[(o, n)], "peak_mem_gb") for o in others]
+                          + [cell(by[(p, n)], "tokens_per_s", ".0f") for p in paths]
+                          + [ratio(t, by[(o, n)], "tokens_per_s") for o in others])
+    header = (["length"] + [f"{p} GB" for p in paths] + [f"tenfold/{o} mem" for o in others]
+              + [f"{p} tok/s" for p in paths] + [f"tenfold/{o} speed" for o in others])
+    return markdown_table(header, table_rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2K and 4K only")
     parser.add_argument("--max-length", type=int, default=131072)
+    parser.add_argument("--lengths", help="comma-separated lengths, instead of the default series")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, of " + ", ".join(PATHS))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU section only: a Llama-3-8B-shaped model (needs a CUDA device)")
     args = parser.parse_args()
+    paths = [p for p in PATHS if p in args.paths.split(",")]  # in the table's order
+    if unknown := set(args.paths.split(",")) - set(PATHS):
+        raise SystemExit(f"--paths: unknown {', '.join(sorted(unknown))}; the paths are {', '.join(PATHS)}")
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA device")
-        rows, table = gpu_section(args.max_length if args.max_length != 131072 else 262144)
+        rows, table = gpu_section(args.max_length if args.max_length != 131072 else 262144, paths)
         record("train_memory_gpu", rows, table, f"- GPU: {torch.cuda.get_device_name()}; Llama-3-8B shape "
                "(random weights), NF4, LoRA r32/a16 q/k/v/o, embed_tokens trained, bf16; peak = max allocated.")
         return
-    lengths = [2048, 4096] if args.quick else [n for n in (2048, 4096, 8192, 16384, 32768, 65536, 131072)
-                                                 if n <= args.max_length]
-    rows, out_of_memory = [], set()
-    for length in lengths:  # both paths at one length back to back, so the machine's load is alike for both
-        for path in PATHS:
-            if path in out_of_memory:  # longer cannot fit either
-                row = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True}
-            else:
-                row = measure_in_subprocess(path, length, bf16=not args.fp32)
-            if row["oom"]:
-                out_of_memory.add(path)
-            rows.append({k: row[k] for k in ("path", "length", "peak_mem_gb", "tokens_per_s", "oom")})
-            print(rows[-1], flush=True)
-
-    by = {(r["path"], r["length"]): r for r in rows}
-    table_rows = []
-    for n in lengths:
-        b, t = by[("baseline", n)], by[("tenfold", n)]
-        cell = lambda r, k, f: "OOM" if r["oom"] else format(r[k], f)  # noqa: E731
-        mem_ratio = "" if b["oom"] or t["oom"] else f"{t['peak_mem_gb'] / b['peak_mem_gb']:.2f}x"
-        speed_ratio = "" if b["oom"] or t["oom"] else f"{t['tokens_per_s'] / b['tokens_per_s']:.2f}x"
-        table_rows.append([n, cell(b, "peak_mem_gb", ".2f"), cell(t, "peak_mem_gb", ".2f"), mem_ratio,
-                           cell(b, "tokens_per_s", ".0f"), cell(t, "tokens_per_s", ".0f"), speed_ratio])
-    table = markdown_table(["length", "baseline GB", "tenfold GB", "tenfold/baseline mem",
-                            "baseline tok/s", "tenfold tok/s", "tenfold/baseline speed"], table_rows)
+    lengths = ([int(n) for n in args.lengths.split(",")] if args.lengths else [2048, 4096] if args.quick
+               else [n for n in (2048, 4096, 8192, 16384, 32768, 65536, 131072) if n <= args.max_length])
+    rows = cpu_rows(lengths, paths, bf16=not args.fp32)
     notes = []
-    for path in PATHS:
+    for path in paths:
         fits = [r["length"] for r in rows if r["path"] == path and not r["oom"]]
         tried_all = len(fits) == len(lengths)
         largest = f"{'>= ' if tried_all else ''}{max(fits) if fits else 0}"
         notes.append(f"- {path}: largest context that fits in 24 GiB: {largest} tokens"
                      f"{' (longest tried)' if tried_all else ''}; memory fit: "
                      f"{linear_fit([r for r in rows if r['path'] == path])}")
-    record("train_memory", rows, table, "\n".join(notes) + f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; "
-           "model: Llama, vocab 128,256, hidden 128, 2 layers, 4 heads; NF4 base, LoRA r32/a16 on q/k/v/o, "
-           "embed_tokens trained; one warm-up step at 256 tokens, then one timed step; peak = process max RSS.",
-           quick=args.quick)
+    record("train_memory", rows, comparison_table(rows, lengths, paths), "\n".join(notes) +
+           f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, vocab 128,256, hidden 128, "
+           "2 layers, 4 heads; NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; one warm-up step at "
+           "256 tokens, then one timed step (TRL: its trainer's loop, the second step timed by a callback); "
+           "peak = process max RSS.", quick=args.quick)
 
 
 if __name__ == "__main__":
