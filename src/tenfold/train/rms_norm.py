@@ -1,0 +1,84 @@
+"""RMSNorm that saves its input as given, not fp32 copies of it, for the backward.
+
+Llama's RMSNorm upcasts its input to fp32 and autograd keeps that upcast for the backward: under bf16
+4 bytes a width per token and norm, twice the bf16 input (16 KB a token at Llama-3-8B's 4096, for
+each of a layer's two norms, alive through its recompute). The function here computes the same
+output, saves the input in its own dtype and the per-row rstd, and recomputes the rest in backward.
+The backward follows autograd's own steps for the stock forward, so gradients are the stock's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+
+class LeanRMSNormFunction(torch.autograd.Function):
+    """weight * (x / rms(x)) with Llama's dtypes: fp32 inside, normalized row back in x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        h = x.float()
+        rstd = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd)
+        # A parameter, alive anyway: saved-tensor hooks (save_on_cpu) would copy it if saved with x.
+        ctx.weight = weight
+        return weight * (h * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, rstd = ctx.saved_tensors
+        weight = ctx.weight
+        grad_x = grad_weight = None
+        # backward() may run inside autocast (the loop's does): CUDA's would sum the weight's grad in fp32.
+        with torch.autocast(grad_out.device.type, enabled=False):
+            h = x.float()
+            if ctx.needs_input_grad[1]:
+                normed = (h * rstd).to(x.dtype)
+                grad_weight = (grad_out * normed).sum_to_size(weight.shape).to(weight.dtype)
+            if ctx.needs_input_grad[0]:
+                # As in autograd: the product's gradient is cast to x's dtype before the upcast's backward.
+                grad_normed = (grad_out * weight).to(x.dtype).float()
+                grad_rstd = (grad_normed * h).sum(-1, keepdim=True)
+                grad_mean = -0.5 * grad_rstd * rstd.pow(3)
+                grad_h = grad_normed * rstd + grad_mean.expand_as(h) / h.shape[-1] * (2.0 * h)
+                grad_x = grad_h.to(x.dtype)
+        return grad_x, grad_weight, None
+
+
+def lean_rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+    return LeanRMSNormFunction.apply(x, norm.weight, eps)
+
+
+def computes_llama_rms_norm(module: nn.Module) -> bool:
+    """An RMSNorm whose forward is Llama's, compiled to the same bytecode (Mistral, Qwen2/3, Phi-3, ...).
+
+    The class name alone would also take Gemma's (x * (1 + weight)) and OLMo-2's (weight applied before
+    the downcast), which compute something else.
+    """
+    cls = type(module)
+    if not cls.__name__.endswith("RMSNorm") or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        return False
+    if not (hasattr(module, "variance_epsilon") or hasattr(module, "eps")):
+        return False
+    ours, llama = getattr(cls.forward, "__code__", None), LlamaRMSNorm.forward.__code__
+    if ours is None:
+        return False
+    names = tuple("variance_epsilon" if name == "eps" else name for name in ours.co_names)
+    return (ours.co_code, ours.co_consts, names) == (llama.co_code, llama.co_consts, llama.co_names)
+
+
+def lean_rms_norms(model: nn.Module) -> int:
+    """Give every Llama-style RMSNorm of the model the lean forward; returns how many.
+
+    Includes the trained copies inside peft's ModulesToSaveWrapper (they are modules of the model too).
+    Applied to the module's own `forward`, like the tiled MLP, so parameter names do not change.
+    """
+    norms = [m for m in model.modules() if computes_llama_rms_norm(m)]
+    for norm in norms:
+        norm.forward = functools.partial(lean_rms_norm, norm)
+    return len(norms)
