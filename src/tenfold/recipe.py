@@ -30,6 +30,11 @@ class ModelSettings:
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
     gradient_checkpointing: bool = True
     offload_activations: bool = False  # keep the checkpointed activations in CPU memory (GPU runs at long context)
+    # Run each layer's MLP over tiles of this many positions in sequences longer than that (0: never).
+    # Measured (CPU, width 1024, MLP 3584, NF4 + LoRA, bf16): at 4K tiling saves no memory and costs +28%
+    # step time (tiles of 2048); at 8K tiles of 4096 save 8% of the peak for +22% (fp32: 12% for +15%).
+    # The cost stays one more MLP forward a layer while the saving grows with length: on beyond 8K only.
+    mlp_tile_tokens: int = 8192
     trust_remote_code: bool = False
 
 
@@ -217,6 +222,8 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("rope.theta_factor must be positive")
     if recipe.rope.scaling in ("linear", "yarn", "llama3") and recipe.rope.factor <= 1.0:
         raise RecipeError(f"rope.factor must be above 1 for rope.scaling {recipe.rope.scaling!r}")
+    if recipe.model.mlp_tile_tokens < 0:
+        raise RecipeError("model.mlp_tile_tokens must be 0 (untiled) or a number of positions")
     if recipe.lora.rank < 1:
         raise RecipeError("lora.rank must be at least 1")
 
