@@ -10,7 +10,9 @@ import contextlib
 import datetime
 import importlib.util
 import json
+import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -30,6 +32,10 @@ LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32
                  num_key_value_heads=8)
 LLAMA3_8B_DIR = MODEL_DIR.with_name("llama3-8b-shape")
 VOCAB = 128_256
+# glibc raises its mmap threshold as large blocks are freed (up to 32 MB), after which freed tensors stay in
+# the heap and the resident size overstates live tensors by up to half at width 1,024. A fixed threshold
+# makes the resident peak track live tensor bytes, as max_memory_allocated does on a GPU.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def llama_config(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None):
@@ -136,8 +142,18 @@ def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cp
     return step
 
 
+def cpu_peak_bytes() -> int:
+    """The process's peak resident size since the last reset_cpu_peak (Linux VmHWM)."""
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+
+def reset_cpu_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak resident size (Linux >= 4.0)
+        f.write("5")
+
+
 class StepTimer:
-    """Times one optimizer step; on a GPU the peak-memory statistics start with it."""
+    """Times one optimizer step; the peak-memory statistics start with it (so loading does not count)."""
 
     def __init__(self, device: str):
         self.device, self.started, self.seconds = device, 0.0, None
@@ -146,6 +162,8 @@ class StepTimer:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_cpu_peak()
         self.started = time.perf_counter()
 
     def end(self) -> None:
@@ -216,16 +234,26 @@ def trl_train(model_dir: Path, inputs: list[torch.Tensor], bf16: bool, device: s
 STEP_FNS = {"baseline": baseline_step_fn, "tenfold": tenfold_step_fn}
 
 
+# Width 1,024 with Llama-3's proportions (MLP 3.5x, 4 query heads per KV head), 8 layers: real proportions
+# at a size a 2-core CPU trains at tens of thousands of tokens.
+W1024X8 = dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=8, num_attention_heads=8,
+               num_key_value_heads=2)
+
+
 def benchmark_model(model: str = "small") -> Path:
-    """The model directory for `small` (hidden 128, 2 layers) or `llama3-8b` (LLAMA3_8B), built if absent."""
-    return build_model() if model == "small" else build_model(LLAMA3_8B_DIR, shape=LLAMA3_8B)
+    """The model directory for `small` (hidden 128, 2 layers), `w1024x8` or `llama3-8b`, built if absent."""
+    if model == "small":
+        return build_model()
+    if model == "w1024x8":
+        return build_model(MODEL_DIR.with_name("llama-w1024x8"), shape=W1024X8)
+    return build_model(LLAMA3_8B_DIR, shape=LLAMA3_8B)
 
 
 def measure_step(path: str, length: int, bf16: bool, device: str = "cpu", model: str = "small",
                  offload: bool = False) -> dict:
     """One warm-up step at 256 tokens, then one timed step at `length` (same random ids, seed 0, every token
-    labelled, on every path); peak memory of this process (max RSS on the CPU, max allocated on a GPU from
-    the timed step's start)."""
+    labelled, on every path); peak memory of this process from the timed step's start (resident size on the
+    CPU, max allocated on a GPU)."""
     model_dir = benchmark_model(model)
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randint(0, VOCAB, (1, n), generator=generator) for n in (256, length)]
@@ -238,8 +266,7 @@ def measure_step(path: str, length: int, bf16: bool, device: str = "cpu", model:
         timer.begin()
         loss = step(inputs[1])
         timer.end()
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else cpu_peak_bytes()) / 2**30
     return {"path": path, "length": length, "peak_mem_gb": peak, "tokens_per_s": length / timer.seconds,
             "seconds": timer.seconds, "loss": loss, "oom": False, "device": device, "offload": offload}
 
@@ -257,7 +284,8 @@ def measure_in_subprocess(path: str, length: int, bf16: bool, device: str = "cpu
     empty = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True,
              "device": device, "offload": offload}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, **FIXED_MMAP_THRESHOLD))
     except subprocess.TimeoutExpired:
         return empty | {"oom": False, "timed_out": True, "wall_s": time.perf_counter() - started}
     wall = {"wall_s": time.perf_counter() - started}

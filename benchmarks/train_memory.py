@@ -23,6 +23,7 @@ import torch
 from common import markdown_table, measure_in_subprocess, record
 
 PATHS = ("baseline", "trl", "tenfold")
+MODEL_TEXT = {"small": "hidden 128, 2 layers, 4 heads", "w1024x8": "hidden 1,024, MLP 3,584, 8 layers, 8/2 heads"}
 KEYS = ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")
 
 
@@ -61,7 +62,7 @@ def gpu_section(max_length: int, paths: list[str]) -> tuple[list[dict], str]:
     return rows, table
 
 
-def cpu_rows(lengths: list[int], paths: list[str], bf16: bool) -> list[dict]:
+def cpu_rows(lengths: list[int], paths: list[str], bf16: bool, model: str) -> list[dict]:
     """Every path at one length back to back, so the machine's load is alike for all of them."""
     rows, out_of_memory = [], set()
     for length in lengths:
@@ -69,7 +70,7 @@ def cpu_rows(lengths: list[int], paths: list[str], bf16: bool) -> list[dict]:
             if path in out_of_memory:  # longer cannot fit either
                 row = {"path": path, "length": length, "peak_mem_gb": None, "tokens_per_s": None, "oom": True}
             else:
-                row = measure_in_subprocess(path, length, bf16=bf16)
+                row = measure_in_subprocess(path, length, bf16=bf16, model=model)
             if row["oom"]:
                 out_of_memory.add(path)
             rows.append({k: row.get(k, False) for k in KEYS})
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--lengths", help="comma-separated lengths, instead of the default series")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, of " + ", ".join(PATHS))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--model", default="w1024x8", choices=["w1024x8", "small"],
+                        help="w1024x8: width 1,024, MLP 3,584, 8 layers, 8/2 heads (default); small: hidden 128")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU section only: a Llama-3-8B-shaped model (needs a CUDA device)")
     args = parser.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
         return
     lengths = ([int(n) for n in args.lengths.split(",")] if args.lengths else [2048, 4096] if args.quick
                else [n for n in (2048, 4096, 8192, 16384, 32768, 65536, 131072) if n <= args.max_length])
-    rows = cpu_rows(lengths, paths, bf16=not args.fp32)
+    rows = cpu_rows(lengths, paths, bf16=not args.fp32, model=args.model)
     notes = []
     for path in paths:
         fits = [r["length"] for r in rows if r["path"] == path and not r["oom"]]
@@ -127,8 +130,8 @@ def main() -> None:
                      f"{' (longest tried)' if tried_all else ''}; memory fit: "
                      f"{linear_fit([r for r in rows if r['path'] == path])}")
     record("train_memory", rows, comparison_table(rows, lengths, paths), "\n".join(notes) +
-           f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, vocab 128,256, hidden 128, "
-           "2 layers, 4 heads; NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; one warm-up step at "
+           f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, vocab 128,256, "
+           f"{MODEL_TEXT[args.model]}; NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; one warm-up step at "
            "256 tokens, then one timed step (TRL: its trainer's loop, the second step timed by a callback); "
            "peak = process max RSS.", quick=args.quick)
 

@@ -70,6 +70,14 @@ def cmd_mix(args: argparse.Namespace) -> None:
     print(f"mix: {summary['records']} records ({parts}) in {args.output}; summary in {args.output}.summary.json")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from tenfold.plan import format_plan, plan
+
+    recipe = recipe_from_args(args)
+    result = plan(recipe, args.gpu_memory, args.gpus, args.length, args.device)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tenfold.demo.run import demo
 
@@ -175,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="QLoRA context extension with a raised RoPE base")
     add_recipe_flags(train)
     train.set_defaults(func=cmd_train)
+
+    plan = verbs.add_parser("plan", help="peak memory of a recipe's training step and the longest context that fits")
+    add_recipe_flags(plan)
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    plan.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs to plan for (default 1)")
+    plan.add_argument("--length", type=int, help="tokens per sequence (default: the recipe's data.max_length)")
+    plan.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="plan for a GPU or this CPU")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=cmd_plan)
 
     merge = verbs.add_parser("merge", help="fold a trained adapter into a standalone model directory")
     merge.add_argument("run_dir", help="output directory of `tenfold train` (or its adapter/ folder)")

@@ -1,0 +1,243 @@
+"""`tenfold plan`: what a recipe's training step needs in memory, and the longest context that fits.
+
+From the model's config alone (no weights) and the recipe, the peak of one QLoRA step is added up
+from its parts: quantized weights, full-precision modules, trainable parameters with their gradients
+and AdamW state, the checkpointed layer inputs (on the GPU, or in CPU memory with
+`model.offload_activations`), one layer's recompute during its backward, the loss chunk, and the
+runtime (CUDA context and allocator headroom on a GPU, the process's libraries on a CPU).
+
+The per-token terms are byte counts of the tensors autograd keeps (see `recompute_bytes_per_token`),
+checked against peaks measured on the CPU at two widths and two layer counts
+(benchmarks/memory_scaling.py, tests/test_plan.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenfold.recipe import Recipe
+from tenfold.train.loss import LOGITS_CHUNK_BYTES
+
+GIB = 2**30
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
+CPU_RUNTIME_GIB = 0.45  # resident size of a process that imported torch, transformers, peft, bitsandbytes
+CUDA_CONTEXT_GIB = 0.75  # the CUDA context and cuBLAS workspaces, outside torch's allocator
+ALLOCATOR_HEADROOM = 0.05  # share of the card kept free for the caching allocator's fragmentation
+
+
+@dataclass
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    stored_bytes: int = 2  # bytes per weight in the checkpoint files
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * (self.hidden // self.heads)
+
+
+def load_shape(name: str, trust_remote_code: bool = False) -> Shape:
+    """The shape from a config.json file, a model directory, `tenfold/<name>` or a hub id (config only)."""
+    from transformers import AutoConfig
+
+    from tenfold.train.model import resolve_model_path
+
+    path = Path(name)
+    if path.is_file():
+        fields = json.loads(path.read_text())
+        config = AutoConfig.for_model(fields.pop("model_type", "llama"), **fields)
+    else:
+        config = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    stored = str(getattr(config, "dtype", None) or "bfloat16")
+    config = config.get_text_config()
+    return Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                 config.num_attention_heads, getattr(config, "num_key_value_heads", None) or
+                 config.num_attention_heads, config.vocab_size,
+                 bool(getattr(config, "tie_word_embeddings", False)), 4 if "float32" in stored else 2)
+
+
+def compute_bytes(recipe: Recipe, device: str) -> int:
+    """Bytes per element of the frozen base and the residual stream (see train.model.compute_dtype)."""
+    dtype = recipe.model.dtype
+    if dtype == "auto":
+        precision = recipe.train.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if device == "cuda" else "no"
+        return 2 if precision in ("bf16", "fp16") else 4
+    return 4 if dtype == "float32" else 2
+
+
+def lora_params(shape: Shape, recipe: Recipe) -> int:
+    d, kv, ffn = shape.hidden, shape.kv_width, shape.intermediate
+    sizes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+             "gate_proj": (d, ffn), "up_proj": (d, ffn), "down_proj": (ffn, d)}
+    unknown = [t for t in recipe.lora.targets if t not in sizes]
+    if unknown:
+        raise ValueError(f"tenfold plan knows Llama-style projections ({', '.join(sizes)}), not {unknown}")
+    return shape.layers * sum(recipe.lora.rank * sum(sizes[t]) for t in recipe.lora.targets)
+
+
+def weights_and_state(shape: Shape, recipe: Recipe, b: int, device: str) -> dict[str, float]:
+    """Bytes that live through the whole run."""
+    d, ffn, layers = shape.hidden, shape.intermediate, shape.layers
+    linear = layers * (2 * d * d + 2 * d * shape.kv_width + 3 * d * ffn)
+    per_param = {"nf4": NF4_BYTES_PER_PARAM, "int8": 1.0 + 4 / d, "none": b}[recipe.model.quantization]
+    embeddings = shape.vocab * d
+    full_precision = (embeddings * (1 if shape.tied else 2) + (2 * layers + 1) * d) * b
+    trainable = lora_params(shape, recipe) + extra_params(shape, recipe)
+    parts = {"quantized weights": linear * per_param, "full-precision modules": full_precision,
+             "trainable parameters (fp32)": 4 * trainable, "AdamW state": 8 * trainable}
+    if device == "cpu" and shape.stored_bytes == b and recipe.model.quantization != "none":
+        # Measured: loaded in the stored dtype, the frozen modules stay views of the memory-mapped checkpoint,
+        # so the pages the quantizer read stay mapped (and resident) as long as the model lives.
+        parts["checkpoint pages kept mapped (CPU)"] = linear * shape.stored_bytes
+    return parts
+
+
+def extra_params(shape: Shape, recipe: Recipe) -> int:
+    """Parameters of the fully trained modules (embed_tokens, lm_head, norms)."""
+    embeddings = shape.vocab * shape.hidden
+    sizes = {"embed_tokens": embeddings, "lm_head": 0 if shape.tied else embeddings}
+    return sum(sizes.get(name, shape.hidden * shape.layers) for name in recipe.lora.extra_trainable)
+
+
+def layer_saved_bytes_per_token(shape: Shape, b: int, mlp_positions: float = 1.0) -> float:
+    """Bytes per token that autograd saves in one decoder layer's forward (its recompute, when checkpointed).
+
+    Counted with saved-tensor hooks on a Llama layer: the MLP's gate, up and activation outputs
+    (3 x intermediate), the attention's inputs and output, the LoRA inputs and the queries (5 widths in
+    fp32, where q/k/v share one input; 6 under bf16 autocast, whose casts copy them, plus the residual
+    the second RMSNorm keeps: train.rms_norm saves norms' inputs as they are, not upcast to fp32), keys
+    and values. `mlp_positions` is the share of the sequence whose MLP intermediates exist at once
+    (1: untiled); a tiled MLP saves its input instead.
+    """
+    d, ffn, kv = shape.hidden, shape.intermediate, shape.kv_width
+    widths = 5 * d if b == 4 else 7 * d
+    return b * (widths + 2 * kv) + b * 3 * ffn * mlp_positions + (b * d if mlp_positions < 1 else 0)
+
+
+def recompute_bytes_per_token(shape: Shape, b: int, mlp_positions: float) -> float:
+    """Bytes per token alive while one layer's backward runs after its recompute: what it saved, and the
+    gradients in flight: 2.5 of the MLP's width (measured: between 2 and 3 as the saved tensors are
+    freed) and two fp32 residual widths."""
+    in_flight = b * 2.5 * shape.intermediate * mlp_positions + 4 * 2 * shape.hidden
+    return layer_saved_bytes_per_token(shape, b, mlp_positions) + in_flight
+
+
+def activation_phases(shape: Shape, recipe: Recipe, tokens: int, b: int) -> dict[str, dict[str, float]]:
+    """Bytes that grow with the context, at the three moments one of which is the step's peak: the end
+    of the forward (the loss done, its gradient kept), the last layer's backward (all layer inputs kept,
+    that layer recomputed) and the trained embedding's backward at the very end, when its full gradient
+    exists but the layers' tensors are gone."""
+    tile = recipe.model.mlp_tile_tokens
+    mlp_positions = tile / tokens if tile and tokens > tile else 1.0
+    d, m = shape.hidden, recipe.model
+    kept_name = "checkpointed layer inputs" + (" (in CPU memory)" if m.offload_activations else "")
+    per_layer = d * b if m.gradient_checkpointing else recompute_bytes_per_token(shape, b, mlp_positions)
+    kept = {kept_name: shape.layers * tokens * per_layer}
+    lora_grads = 4 * lora_params(shape, recipe)
+    recompute_name = "one layer's recompute" + (f" (MLP in tiles of {tile})" if mlp_positions < 1 else "")
+    return {
+        "forward end": {**kept, "loss: final norm, hidden states, their gradient": tokens * d * (2 * b + 4),
+                        "loss chunk": LOGITS_CHUNK_BYTES * (1.5 if b == 2 else 1.0)},
+        "layers' backward": {**kept,
+                             recompute_name: tokens * recompute_bytes_per_token(shape, b, mlp_positions),
+                             "LoRA gradients": lora_grads},
+        "embedding backward": {"trained modules' gradients": 4 * extra_params(shape, recipe) + lora_grads,
+                               "embedding output gradient": tokens * d * (4 + b)},
+    }
+
+
+def plan_peak(recipe: Recipe, length: int, device: str = "cuda", data_parallel: int = 1,
+              shape: Shape | None = None) -> dict:
+    """The peak of one training step of `length` tokens per sequence, in GiB, with its parts."""
+    shape = shape or load_shape(recipe.model.name, recipe.model.trust_remote_code)
+    b = compute_bytes(recipe, device)
+    tokens = length * recipe.train.micro_batch_size
+    always = weights_and_state(shape, recipe, b, device)
+    always["CUDA context" if device == "cuda" else "process runtime"] = \
+        (CUDA_CONTEXT_GIB if device == "cuda" else CPU_RUNTIME_GIB) * GIB
+    if data_parallel > 1:  # DDP's gradient buckets hold a second copy of every trained gradient
+        always["DDP gradient buckets"] = 4 * (extra_params(shape, recipe) + lora_params(shape, recipe))
+    phases = activation_phases(shape, recipe, tokens, b)
+    host = {k: v for k, v in phases["forward end"].items() if "CPU memory" in k}
+    on_device = lambda parts: sum(v for k, v in parts.items() if k not in host)  # noqa: E731
+    peak_at = max(phases, key=lambda name: on_device(phases[name]))
+    total = sum(always.values()) + on_device(phases[peak_at])
+    if device == "cuda":
+        always["allocator headroom"] = total * ALLOCATOR_HEADROOM
+        total += always["allocator headroom"]
+    gib = lambda parts: {k: round(v / GIB, 3) for k, v in parts.items()}  # noqa: E731
+    return {"length": length, "total_gib": round(total / GIB, 3), "peak_at": peak_at, "always": gib(always),
+            "phases": {name: gib(parts) for name, parts in phases.items()},
+            "parts": gib({**always, **phases[peak_at]}), "host_gib": round(sum(host.values()) / GIB, 3),
+            "bytes_per_element": b}
+
+
+def longest_context(recipe: Recipe, memory_gib: float, device: str = "cuda", data_parallel: int = 1,
+                    step: int = 1024, shape: Shape | None = None) -> int:
+    """The longest multiple of `step` tokens whose planned peak fits in `memory_gib` (0 if none)."""
+    shape = shape or load_shape(recipe.model.name, recipe.model.trust_remote_code)
+    def fits(n: int) -> bool:
+        return plan_peak(recipe, n * step, device, data_parallel, shape)["total_gib"] <= memory_gib
+
+    if not fits(1):
+        return 0
+    high = 2
+    while fits(high) and high < 2**16:
+        high *= 2
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low * step
+
+
+def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = None,
+         device: str = "cuda") -> dict:
+    """The peak at the recipe's length (or `length`) and the longest context per data-parallel degree,
+    as the recipe stands and with activation offload and the tiled MLP switched on."""
+    from dataclasses import replace
+
+    shape = load_shape(recipe.model.name, recipe.model.trust_remote_code)
+    length = length or recipe.data.max_length
+    variants = {"as the recipe": recipe}
+    offload = replace(recipe, model=replace(recipe.model, offload_activations=True))
+    if not recipe.model.offload_activations:
+        variants["offload"] = offload
+    if not recipe.model.mlp_tile_tokens:
+        variants["offload + tiled MLP"] = replace(offload, model=replace(offload.model, mlp_tile_tokens=8192))
+    degrees = sorted({1, 2, gpus} & set(range(1, gpus + 1)))
+    return {
+        "model": recipe.model.name, "shape": shape.__dict__, "memory_gib": memory_gib, "device": device,
+        "peak": {gpus_: plan_peak(recipe, length, device, gpus_, shape) for gpus_ in degrees},
+        "longest_context": {name: {n: longest_context(r, memory_gib, device, n, shape=shape) for n in degrees}
+                            for name, r in variants.items()},
+        "fits": plan_peak(recipe, length, device, gpus, shape)["total_gib"] <= memory_gib,
+        "length": length,
+    }
+
+
+def format_plan(result: dict) -> str:
+    s, peak = result["shape"], result["peak"][max(result["peak"])]
+    lines = [f"{result['model']}: {s['layers']} layers, width {s['hidden']}, MLP {s['intermediate']}, "
+             f"{s['heads']}/{s['kv_heads']} heads, vocab {s['vocab']}",
+             f"peak of one step at {result['length']:,} tokens: {peak['total_gib']:.1f} GiB per GPU "
+             f"(at the {peak['peak_at']}; {'fits' if result['fits'] else 'does NOT fit'} in "
+             f"{result['memory_gib']:g} GiB)"]
+    lines += [f"  {name:<42} {gib:8.2f} GiB" for name, gib in peak["parts"].items()]
+    if peak["host_gib"]:
+        lines.append(f"  {'(in CPU memory: checkpointed layer inputs)':<42} {peak['host_gib']:8.2f} GiB")
+    lines.append(f"longest context in {result['memory_gib']:g} GiB per GPU, by GPUs of data parallelism:")
+    for name, by_gpus in result["longest_context"].items():
+        lines.append(f"  {name:<22} " + "  ".join(f"{n} GPU{'s' if n > 1 else ''}: {tokens:,}"
+                                                 for n, tokens in by_gpus.items()))
+    return "\n".join(lines)
