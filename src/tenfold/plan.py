@@ -114,13 +114,13 @@ def layer_saved_bytes_per_token(shape: Shape, b: int, mlp_positions: float = 1.0
 
     Counted with saved-tensor hooks on a Llama layer: the MLP's gate, up and activation outputs
     (3 x intermediate), the attention's inputs and output, the LoRA inputs and the queries (5 widths in
-    fp32, where q/k/v share one input; 6 under bf16 autocast, whose casts copy them, plus the residual
-    the second RMSNorm keeps: train.rms_norm saves norms' inputs as they are, not upcast to fp32), keys
-    and values. `mlp_positions` is the share of the sequence whose MLP intermediates exist at once
-    (1: untiled); a tiled MLP saves its input instead.
+    fp32, where q/k/v share one input; 6 under bf16 autocast, whose casts copy them, plus 2 for what
+    the RMSNorms keep: train.rms_norm saves their inputs as given, not upcast to fp32), keys and values.
+    `mlp_positions` is the share of the sequence whose MLP intermediates exist at once (1: untiled); a
+    tiled MLP saves its input instead.
     """
     d, ffn, kv = shape.hidden, shape.intermediate, shape.kv_width
-    widths = 5 * d if b == 4 else 7 * d
+    widths = 5 * d if b == 4 else 8 * d
     return b * (widths + 2 * kv) + b * 3 * ffn * mlp_positions + (b * d if mlp_positions < 1 else 0)
 
 
@@ -233,9 +233,9 @@ def format_plan(result: dict) -> str:
              f"peak of one step at {result['length']:,} tokens: {peak['total_gib']:.1f} GiB per GPU "
              f"(at the {peak['peak_at']}; {'fits' if result['fits'] else 'does NOT fit'} in "
              f"{result['memory_gib']:g} GiB)"]
-    lines += [f"  {name:<42} {gib:8.2f} GiB" for name, gib in peak["parts"].items()]
+    lines += [f"  {name:<46} {gib:8.2f} GiB" for name, gib in peak["parts"].items()]
     if peak["host_gib"]:
-        lines.append(f"  {'(in CPU memory: checkpointed layer inputs)':<42} {peak['host_gib']:8.2f} GiB")
+        lines.append(f"  {'(in CPU memory: checkpointed layer inputs)':<46} {peak['host_gib']:8.2f} GiB")
     lines.append(f"longest context in {result['memory_gib']:g} GiB per GPU, by GPUs of data parallelism:")
     for name, by_gpus in result["longest_context"].items():
         lines.append(f"  {name:<22} " + "  ".join(f"{n} GPU{'s' if n > 1 else ''}: {tokens:,}"

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from tenfold.recipe import LoraSettings, ModelSettings, Recipe
 from tenfold.rope import apply_rope, rotary_inv_freq
+from tenfold.train.rms_norm import lean_rms_norms
 from tenfold.train.tiled_mlp import tile_mlps
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -153,5 +154,6 @@ def load_model_for_training(recipe: Recipe, device: torch.device):
     model, rope = load_base_model(recipe, device)
     model = add_lora(model, recipe.lora, recipe.model.gradient_checkpointing)
     tile_mlps(model, recipe.model.mlp_tile_tokens)  # after LoRA: peft may wrap or copy modules
+    lean_rms_norms(model)
     model.train()
     return model, rope
