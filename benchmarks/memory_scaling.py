@@ -127,8 +127,9 @@ def growth_rows(rows: list[dict]) -> list[list]:
     """Per shape and dtype: fixed cost and growth per token (linear fit), planned and measured, beside the
     checkpointed minimum; and per added layer, from the two layer counts of one layer shape."""
     fits, table = {}, []
-    for key in sorted({(r["shape"], r["dtype"], r["tile"]) for r in rows}):
-        group = [r for r in rows if (r["shape"], r["dtype"], r["tile"]) == key]
+    frozen = [r for r in rows if not r["trained_embedding"]]  # the trained embedding's gradient hides growth
+    for key in sorted({(r["shape"], r["dtype"], r["tile"]) for r in frozen}):
+        group = [r for r in frozen if (r["shape"], r["dtype"], r["tile"]) == key]
         if len(group) < 2:
             continue
         (fixed, kib), (plan_fixed, plan_kib) = fit(group, "peak_gib"), fit(group, "plan_gib")

@@ -95,9 +95,9 @@ def weights_and_state(shape: Shape, recipe: Recipe, b: int, device: str) -> dict
     trainable = lora_params(shape, recipe) + extra_params(shape, recipe)
     parts = {"quantized weights": linear * per_param, "full-precision modules": full_precision,
              "trainable parameters (fp32)": 4 * trainable, "AdamW state": 8 * trainable}
-    if device == "cpu" and shape.stored_bytes == b and recipe.model.quantization != "none":
-        # Measured: loaded in the stored dtype, the frozen modules stay views of the memory-mapped checkpoint,
-        # so the pages the quantizer read stay mapped (and resident) as long as the model lives.
+    if device == "cpu" and shape.stored_bytes == b == 4 and recipe.model.quantization != "none":
+        # Measured with fp32 checkpoints loaded in fp32 (not with bf16 ones): the frozen modules stay views of
+        # the memory-mapped file, so the pages the quantizer read stay mapped (and resident) while it lives.
         parts["checkpoint pages kept mapped (CPU)"] = linear * shape.stored_bytes
     return parts
 
