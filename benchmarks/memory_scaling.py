@@ -150,7 +150,8 @@ def growth_rows(rows: list[dict]) -> list[list]:
 
 def report(rows: list[dict], quick: bool, save: bool) -> None:
     point_rows = [[r["shape"], r["dtype"], r["tile"], r["trained_embedding"], r["length"],
-                   f"{r['peak_gib']:.2f}", f"{r['plan_gib']:.2f}", f"{r['plan_gib'] / r['peak_gib']:.2f}", f"{r['tokens_per_s']:.0f}"]
+                   f"{r['peak_gib']:.2f}", f"{r['plan_gib']:.2f}", f"{r['plan_gib'] / r['peak_gib']:.2f}",
+                   f"{r['tokens_per_s']:.0f}"]
                   for r in rows]
     table = markdown_table(["shape", "dtype", "MLP tile", "embedding trained", "length", "measured GiB",
                             "plan GiB", "plan/measured", "tok/s"], point_rows)

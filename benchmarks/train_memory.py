@@ -23,7 +23,8 @@ import torch
 from common import markdown_table, measure_in_subprocess, record
 
 PATHS = ("baseline", "trl", "tenfold")
-MODEL_TEXT = {"small": "hidden 128, 2 layers, 4 heads", "w1024x8": "hidden 1,024, MLP 3,584, 8 layers, 8/2 heads"}
+MODEL_TEXT = {"small": "hidden 128, 2 layers, 4 heads",
+              "w1024x8": "hidden 1,024, MLP 3,584, 8 layers, 8/2 heads"}
 KEYS = ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")
 
 
@@ -133,7 +134,8 @@ def main() -> None:
            f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, vocab 128,256, "
            f"{MODEL_TEXT[args.model]}; NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; one warm-up step at "
            "256 tokens, then one timed step (TRL: its trainer's loop, the second step timed by a callback); "
-           "peak = process max RSS.", quick=args.quick)
+           "peak = resident peak of the timed step (VmHWM reset before it; fixed glibc mmap threshold).",
+           quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ checked against peaks measured on the CPU at two widths and two layer counts
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +64,10 @@ def load_shape(name: str, trust_remote_code: bool = False) -> Shape:
 
 
 def compute_bytes(recipe: Recipe, device: str) -> int:
-    """Bytes per element of the frozen base and the residual stream (see train.model.compute_dtype)."""
-    dtype = recipe.model.dtype
-    if dtype == "auto":
-        precision = recipe.train.mixed_precision
-        if precision == "auto":
-            precision = "bf16" if device == "cuda" else "no"
-        return 2 if precision in ("bf16", "fp16") else 4
-    return 4 if dtype == "float32" else 2
+    """Bytes per element of the frozen base and the residual stream on `device`."""
+    from tenfold.train.model import compute_dtype
+
+    return compute_dtype(recipe, on_gpu=device == "cuda").itemsize
 
 
 def lora_params(shape: Shape, recipe: Recipe) -> int:

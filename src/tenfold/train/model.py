@@ -27,13 +27,16 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def mixed_precision(recipe: Recipe) -> str:
+def mixed_precision(recipe: Recipe, on_gpu: bool | None = None) -> str:
+    """train.mixed_precision; auto: bf16 on a GPU (this machine's, unless `on_gpu` says), else none."""
     if recipe.train.mixed_precision != "auto":
         return recipe.train.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if on_gpu is None:
+        on_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bf16" if on_gpu else "no"
 
 
-def compute_dtype(recipe: Recipe) -> torch.dtype:
+def compute_dtype(recipe: Recipe, on_gpu: bool | None = None) -> torch.dtype:
     """The dtype of the frozen base and of the residual stream: model.dtype, or auto: the mixed precision's.
 
     Under bf16 autocast a fp32 base would keep the residual stream in fp32 (RMSNorm multiplies by its fp32
@@ -41,7 +44,7 @@ def compute_dtype(recipe: Recipe) -> torch.dtype:
     """
     if recipe.model.dtype != "auto":
         return getattr(torch, recipe.model.dtype)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(recipe), torch.float32)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(recipe, on_gpu), torch.float32)
 
 
 def attention_implementation(settings: ModelSettings, device: torch.device) -> str:
