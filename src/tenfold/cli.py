@@ -33,10 +33,19 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from tenfold.train.loop import train
+    import shlex
+
+    from tenfold.train.loop import kept_checkpoint, train
 
     recipe = recipe_from_args(args)
-    summary = train(recipe)
+    try:
+        summary = train(recipe, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"tenfold train: interrupted; {kept_checkpoint(recipe.train.output_dir)}; to resume, run: "
+              f"{shlex.join(['tenfold', *sys.argv[1:]])}", file=sys.stderr)
+        sys.exit(130)
+    if summary.get("already_finished"):
+        return
     loss = summary["final_loss"]
     print(f"trained {summary['steps']} steps, {summary['tokens_seen']} tokens, final loss "
           f"{loss:.4f}; adapter in {recipe.train.output_dir}/adapter, summary in {recipe.train.output_dir}/summary.json")
@@ -45,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_merge(args: argparse.Namespace) -> None:
     from tenfold.train.merge import merge
 
-    out = merge(args.run_dir, args.output_dir, args.dtype)
+    out = merge(args.run_dir, args.output_dir, args.dtype, args.overwrite)
     rope = json.loads((out / "config.json").read_text())["rope_parameters"]
     print(f"merged model in {out} (RoPE {rope})")
 
@@ -182,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="QLoRA context extension with a raised RoPE base")
     add_recipe_flags(train)
+    train.add_argument("--overwrite", action="store_true",
+                       help="train from step 0 over a finished run (or its checkpoints) in the output directory")
     train.set_defaults(func=cmd_train)
 
     plan = verbs.add_parser("plan", help="peak memory of a recipe's training step and the longest context that fits")
@@ -197,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run_dir", help="output directory of `tenfold train` (or its adapter/ folder)")
     merge.add_argument("--output-dir", required=True)
     merge.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    merge.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --output-dir")
     merge.set_defaults(func=cmd_merge)
 
     synth = verbs.add_parser("synth", help="long-context QA conversations from long documents (the paper's data)")

@@ -17,8 +17,10 @@ import os
 import random
 import resource
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,10 @@ from tenfold.train.model import load_model_for_training, load_tokenizer, mixed_p
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the steps: the last finished step is checkpointed; the same command resumes from it."""
 
 
 def offload_activations(recipe: Recipe, device: torch.device):
@@ -61,8 +67,11 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def train(recipe: Recipe) -> dict:
-    """Train the recipe's adapter into recipe.train.output_dir; resumes from its last checkpoint."""
+def train(recipe: Recipe, overwrite: bool = False) -> dict:
+    """Train the recipe's adapter into recipe.train.output_dir; resumes from its last checkpoint.
+
+    A run already finished there with the same recipe is returned as it is; overwrite=True trains from step 0.
+    """
     # ---- setup ----
     t = recipe.train
     # accelerate keeps one precision per process; a second train() (a notebook, the tests) may want another.
@@ -70,6 +79,14 @@ def train(recipe: Recipe) -> dict:
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision(recipe), cpu=not torch.cuda.is_available())
     out = Path(t.output_dir)
+    if overwrite:
+        if accelerator.is_main_process:
+            clear_run(out)
+        accelerator.wait_for_everyone()
+    elif (finished := finished_run(out, recipe)) is not None:
+        accelerator.print(f"{out} is already trained with this recipe: adapter in {out / 'adapter'}, summary in "
+                          f"{out / 'summary.json'}; nothing to do (--overwrite trains it again)")
+        return {**finished, "already_finished": True}
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
@@ -102,7 +119,11 @@ def train(recipe: Recipe) -> dict:
 
     # ---- train ----
     rank, world = accelerator.process_index, accelerator.num_processes
-    with tqdm(total=len(plan), initial=start_step, desc="train", disable=not accelerator.is_main_process) as progress:
+    boundary = {"step": start_step, "rng": rng_state(), "saving": False}  # the last finished step
+    progress = tqdm(total=len(plan), initial=start_step, desc="train",
+                    disable=not accelerator.is_main_process)
+    with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process, out, model, optimizer,
+                                           scheduler, totals, recipe):
         started, step_tokens_total = time.perf_counter(), 0
         for step in range(start_step, len(plan)):
             micro_batches = plan[step][rank]
@@ -128,15 +149,16 @@ def train(recipe: Recipe) -> dict:
                                          f"The last good checkpoint is kept in {out / 'checkpoints'}.")
             if t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
             step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
-            step_tokens_total += step_tokens
-            totals["tokens_seen"] += step_tokens
-            totals["loss_tokens"] += step_weight
-            totals["losses"].append(step_loss)
+            with deferred_interrupt():
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_tokens_total += step_tokens
+                totals["tokens_seen"] += step_tokens
+                totals["loss_tokens"] += step_weight
+                totals["losses"].append(step_loss)
+                boundary.update(step=step + 1, rng=rng_state())
             progress.update(1)
             if (step + 1) % t.log_every == 0 or step + 1 == len(plan):
                 elapsed = time.perf_counter() - started
@@ -146,7 +168,9 @@ def train(recipe: Recipe) -> dict:
             if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
+                    boundary["saving"] = True
                     save_checkpoint(out, step + 1, model, optimizer, scheduler, totals, recipe)
+                    boundary["saving"] = False
 
     # ---- cleanup ----
     # Every process must end with the same weights; a desynchronized replica fails here, not silently.
@@ -175,6 +199,31 @@ def train(recipe: Recipe) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def finished_run(out: Path, recipe: Recipe) -> dict | None:
+    """The summary of a run finished in out with this recipe; a finished run with other settings is refused."""
+    summary, meta = out / "summary.json", out / "adapter" / "tenfold.json"
+    if not (summary.is_file() and meta.is_file()):
+        return None
+    changed = changed_settings(json.loads(meta.read_text())["recipe"], recipe_to_dict(recipe))
+    if changed:
+        raise ValueError(f"{out} holds a finished run with other settings ({', '.join(changed)}); "
+                         f"use a new train.output_dir, or --overwrite to train it again")
+    return json.loads(summary.read_text())
+
+
+def clear_run(out: Path) -> None:
+    """What a run writes besides the data cache, so that overwrite=True starts from step 0."""
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    (out / "summary.json").unlink(missing_ok=True)
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """Recipe keys that change the weights and differ between two recipe dicts."""
+    return sorted(f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved.get(s, {}).get(k)
+                  and f"{s}.{k}" not in ("train.log_every", "train.save_every", "train.output_dir"))
 
 
 def save_adapter(path: Path, model, tokenizer, recipe: Recipe, rope: dict) -> None:
@@ -207,10 +256,8 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}, tmp / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng_state()},
+               tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "totals": totals,
                                                    "recipe": recipe_to_dict(recipe)}))
     os.replace(tmp, root / f"step-{step}")  # atomic: a kill leaves the old checkpoint or the new one
@@ -220,16 +267,13 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: d
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    done = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    done = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=checkpoint_step)
     return done[-1] if done else None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, recipe: Recipe) -> tuple[int, dict]:
     progress = json.loads((path / "progress.json").read_text())
-    saved, now = progress["recipe"], recipe_to_dict(recipe)
-    changed = sorted(f"{s}.{k}" for s in now for k in now[s]
-                     if now[s][k] != saved[s][k] and f"{s}.{k}" not in ("train.log_every", "train.save_every"))
+    changed = changed_settings(progress["recipe"], recipe_to_dict(recipe))
     if changed:
         raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
                          f"resume with the same recipe, or use a new train.output_dir")
@@ -240,9 +284,66 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe: Recipe) -> 
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state)
+    return progress["step"], progress["totals"]
+
+
+def rng_state() -> dict:
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["python_rng"])
     np.random.set_state(state["numpy_rng"])
-    return progress["step"], progress["totals"]
+
+
+# ---- Ctrl-C: keep the last finished step, never a half-accumulated one ----
+
+@contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C while the optimizer steps: weights, optimizer, scheduler and counters move together."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def checkpoint_on_interrupt(boundary: dict, main_process: bool, out: Path, model, optimizer, scheduler,
+                            totals: dict, recipe: Recipe):
+    """On Ctrl-C, checkpoint boundary["step"] (unless it is on disk or the interrupt came from saving one)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = latest_checkpoint(out)
+        kept_step = checkpoint_step(kept) if kept else 0
+        if main_process and not boundary["saving"] and boundary["step"] > kept_step:
+            set_rng_state(boundary["rng"])  # the RNG as the step finished, not as the interrupted one left it
+            save_checkpoint(out, boundary["step"], model, optimizer, scheduler, totals, recipe)
+        raise TrainingInterrupted(f"training interrupted: {kept_checkpoint(out)}; run the same command again "
+                                  f"to resume") from None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def kept_checkpoint(out: str | Path) -> str:
+    """What a resumed run starts from, in words."""
+    kept = latest_checkpoint(Path(out))
+    if kept is None:
+        return "no checkpoint kept (no step had finished), so the next run starts from step 0"
+    return f"checkpoint {kept} kept (step {checkpoint_step(kept)})"

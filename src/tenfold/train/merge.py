@@ -8,6 +8,7 @@ new RoPE base in both layouts.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,13 +40,33 @@ def load_unmerged(run_dir: str | Path, dtype: str = "auto"):
     return PeftModel.from_pretrained(base, adapter), meta
 
 
-def merge(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto") -> Path:
-    """Write a standalone model to output_dir; returns output_dir."""
+def merge(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", overwrite: bool = False) -> Path:
+    """Write a standalone model to output_dir; returns output_dir.
+
+    A non-empty output_dir is refused unless overwrite (then its contents are replaced); one inside the run
+    (or holding it) always is.
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(run_dir, output_dir, overwrite)
     model, meta = load_unmerged(run_dir, dtype)
     merged = model.merge_and_unload()
     check_rope(merged, meta["rope_parameters"])
-    output_dir = Path(output_dir)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
     merged.save_pretrained(output_dir)
     load_tokenizer(str(adapter_dir(run_dir))).save_pretrained(output_dir)
     write_rope_to_config_file(output_dir / "config.json", meta["rope_parameters"])
     return output_dir
+
+
+def check_output_dir(run_dir: str | Path, output_dir: Path, overwrite: bool) -> None:
+    run, out = Path(run_dir).resolve(), output_dir.resolve()
+    if out == run or run in out.parents or out in run.parents:
+        # transformers loads a model folder that holds adapter_config.json with the LoRA applied a second time
+        raise ValueError(f"--output-dir {output_dir} is inside the run {run_dir} or holds it; "
+                         f"choose a folder outside it, e.g. --output-dir {run}-merged")
+    if output_dir.is_file():
+        raise ValueError(f"--output-dir {output_dir} is a file; choose a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(f"--output-dir {output_dir} is not empty; pass --overwrite to replace its contents, "
+                         f"or choose a new folder")
