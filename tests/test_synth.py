@@ -159,13 +159,15 @@ def test_transformers_generator_runs_and_counts_garbage_replies(tmp_path, tiny_m
     recipe = tmp_path / "synth.yaml"
     recipe.write_text(f"synth:\n  generator: transformers\n  model: {tiny_model_dir}\n  max_new_tokens: 8\n"
                       f"  single_detail_chunks: 1\n  tasks: [single_detail]\n")
-    main(["synth", "--recipe", str(recipe), "--corpus", str(corpus), "--output", str(output),
-          "--min-tokens", "400", "--max-tokens", "3000"])
+    with pytest.raises(SystemExit) as exit:  # no record: the work asked for is not done
+        main(["synth", "--recipe", str(recipe), "--corpus", str(corpus), "--output", str(output),
+              "--min-tokens", "400", "--max-tokens", "3000"])
+    assert exit.value.code == 1
     summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
     assert summary["generator"] == {"backend": "transformers", "model": str(tiny_model_dir)}
     assert summary["requests"]["requests"] == 2 and summary["requests"]["completion_tokens"] > 0
-    # a random tiny model writes no JSON: every reply is rejected, and counted
-    assert sum(summary["rejected"].values()) == 2 and summary["contexts_without_record"] == 2
+    # a random tiny model writes no JSON: every reply is unusable, counted, and left for a rerun
+    assert summary["requests"]["failed_by"] == {"malformed_json": 2} and summary["rejected"] == {"request_failed": 2}
     assert output.read_text() == ""
 
 

@@ -67,6 +67,8 @@ class FakeServer:
                 if fault == "bad_body":
                     return self.reply(200, None, raw=b"<html>proxy error</html>")
                 content = "I'd rather not." if number in server.garbage else server.answer(prompt)
+                if fault in ("garbage", "wrong_shape"):  # a 200 whose content is not the prompt's JSON
+                    content = "I'd rather not." if fault == "garbage" else json.dumps(["a question?", "42"])
                 with server.lock:
                     server.answered[key] += 1
                 self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -116,8 +118,8 @@ def synth_argv(corpus, output, server, *extra):
 
 def test_faults_cost_no_record_and_duplicate_none_and_the_key_never_leaks(tmp_path, planted_key, capfd):
     corpus = write_corpus(tmp_path / "corpus", n_toy=8, with_story=False, with_short=False)
-    faults = {0: "429", 1: "500", 2: "slow", 3: "bad_body", 5: "429", 6: "500"}
-    server = FakeServer(faults=faults, garbage={4, 7})
+    faults = {0: "429", 1: "500", 2: "slow", 3: "bad_body", 4: "garbage", 5: "429", 6: "500", 7: "wrong_shape"}
+    server = FakeServer(faults=faults)
     recipe = tmp_path / "synth.yaml"
     recipe.write_text(f"synth:\n  api_key_env: {KEY_ENV}\n  request_timeout: 1.0\n  backoff_base: 0.01\n"
                       f"  max_retries: 4\n  price_input_per_million: 10\n  price_output_per_million: 30\n")
@@ -128,13 +130,15 @@ def test_faults_cost_no_record_and_duplicate_none_and_the_key_never_leaks(tmp_pa
         server.close()
     records = [json.loads(line) for line in open(output)]
     assert len(server.order) == 8 and server.auth_ok  # one prompt per document; the key was sent
-    assert len(records) == 6 and len({r["id"] for r in records}) == 6  # the two garbage replies make no record
+    assert len(records) == 8 and len({r["id"] for r in records}) == 8  # unusable 200s are asked again
     summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
-    assert summary["rejected"] == {"malformed_json": 2}
+    assert summary["rejected"] == {}
     tally = summary["requests"]
     assert tally["failed"] == 0 and tally["retries"] == len(faults) and tally["requests"] == 8 + len(faults)
-    assert tally["errors"] == {"http_429": 2, "http_500": 2, "timeout": 1, "bad_response": 1}
-    assert tally["prompt_tokens"] == 800 and tally["cost"] == pytest.approx((800 * 10 + 80 * 30) / 1e6)
+    assert tally["errors"] == {"http_429": 2, "http_500": 2, "timeout": 1, "bad_response": 1, "malformed_json": 1,
+                               "wrong_shape": 1}
+    # the two unusable 200s are paid for too
+    assert tally["prompt_tokens"] == 1000 and tally["cost"] == pytest.approx((1000 * 10 + 100 * 30) / 1e6)
     first_429 = next(k for k, n in server.order.items() if n == 0)
     assert server.attempts[first_429][1] - server.attempts[first_429][0] >= 0.3  # Retry-After honoured
     logs = capfd.readouterr()
@@ -152,7 +156,8 @@ def test_a_request_that_keeps_failing_is_counted_and_retried_on_the_next_run(tmp
     recipe = tmp_path / "synth.yaml"
     recipe.write_text(f"synth:\n  api_key_env: {KEY_ENV}\n  backoff_base: 0.01\n  max_retries: 0\n")
     try:
-        main(argv + ["--recipe", str(recipe)])
+        with pytest.raises(SystemExit, match="1"):  # a request failed for good: the work is not done
+            main(argv + ["--recipe", str(recipe)])
         summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
         assert summary["rejected"] == {"request_failed": 1} and summary["requests"]["failed"] == 1
         assert len(output.read_text().splitlines()) == 1

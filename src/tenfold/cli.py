@@ -67,7 +67,27 @@ def cmd_synth(args: argparse.Namespace) -> None:
     written, rejected = summary["records_written"], sum(summary["rejected"].values())
     print(f"synth: {sum(written.values())} new records ({', '.join(f'{k} {v}' for k, v in written.items()) or 'none'}), "
           f"{rejected} replies/items rejected; records in {summary['output']}, summary in "
-          f"{summary['output']}.summary.json, length histogram in {summary['histogram']}")
+          f"{summary['output']}.summary.json, length histogram in {summary['histogram']}", flush=True)
+    problem = synth_incomplete(summary)
+    if problem:
+        print(f"tenfold synth: incomplete: {problem}; running the same command again resumes (records "
+              f"written are kept, cached replies reused, failed requests asked again)", file=sys.stderr)
+        sys.exit(1)
+
+
+def synth_incomplete(summary: dict) -> str | None:
+    """What a synth run left undone, counted by reason, or None when the work asked for is done."""
+    def counts(counter: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()) if v) or "none"
+
+    if failed := summary["requests"].get("failed_by"):
+        return (f"{sum(failed.values())} request(s) failed for good ({counts(failed)}); "
+                f"their contexts have no record yet")
+    if not summary["records_in_output"]:
+        return (f"no record written (documents skipped: {counts(summary['documents_skipped'])}; contexts "
+                f"without a usable item: {summary['contexts_without_record']}; replies/items rejected: "
+                f"{counts(summary['rejected'])})")
+    return None
 
 
 def cmd_mix(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tenfold.data.extractive import extract
 
@@ -46,6 +47,24 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: dict = field(default_factory=dict)  # kind -> count, over all attempts
+    failed_by: dict = field(default_factory=dict)  # kind of the last error -> requests that failed for good
+
+
+Check = Callable[[str], "str | None"]  # a reply's content -> why it is unusable (an error kind), or None
+
+
+def give_up(tally: Tally, kind: str, message: str) -> Reply:
+    """A request that failed for good: counted by kind; its context waits for a rerun."""
+    tally.failed += 1
+    tally.failed_by[kind] = tally.failed_by.get(kind, 0) + 1
+    return Reply(None, error=message)
+
+
+def checked(reply: Reply, check: Check | None, tally: Tally) -> Reply:
+    """A local generator's reply, or a failure if its content is unusable: asking again at once would
+    give the same text, so it is left to a rerun (and never cached)."""
+    problem = check(reply.text) if check and reply.text is not None else None
+    return give_up(tally, problem, f"{problem}: a reply of {len(reply.text)} characters") if problem else reply
 
 
 class OfflineGenerator:
@@ -55,9 +74,9 @@ class OfflineGenerator:
     def __init__(self):
         self.tally = Tally()
 
-    async def complete(self, request: Request) -> Reply:
+    async def complete(self, request: Request, check: Check | None = None) -> Reply:
         self.tally.requests += 1
-        return Reply(extract(request.task, request.texts, request.n))
+        return checked(Reply(extract(request.task, request.texts, request.n)), check, self.tally)
 
 
 class OpenAIGenerator:
@@ -94,48 +113,54 @@ class OpenAIGenerator:
                 pass  # an HTTP date: fall back to our own back-off
         return min(self.backoff_base * 2 ** attempt, self.backoff_max) * (0.5 + random.random() / 2)
 
-    async def complete(self, request: Request) -> Reply:
-        import openai
-
+    async def complete(self, request: Request, check: Check | None = None) -> Reply:
+        """The reply, or Reply(None) once the budget of attempts is spent. A 200 whose content `check`
+        finds unusable is paid for and then retried like a transport error, from the same budget."""
         error = "unknown"
         for attempt in range(self.max_retries + 1):
-            retry_after = None
             async with self.semaphore:
-                self.tally.requests += 1
-                self.tally.in_flight += 1
-                try:
-                    response = await self.client.chat.completions.create(
-                        model=self.model, messages=[{"role": "user", "content": request.prompt}],
-                        temperature=self.temperature, max_tokens=self.max_new_tokens)
-                    text = response.choices[0].message.content
-                    if not isinstance(text, str):
-                        raise TypeError("reply without message content")
-                    usage = response.usage
-                    self.tally.prompt_tokens += usage.prompt_tokens if usage else 0
-                    self.tally.completion_tokens += usage.completion_tokens if usage else 0
-                    return Reply(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
-                except openai.APIStatusError as e:
-                    status = e.status_code
-                    error = f"http_{status}"
-                    if status not in (408, 409, 429) and status < 500:  # the request itself is wrong: no retry
-                        self._count(error)
-                        self.tally.failed += 1
-                        return Reply(None, error=self.scrub(f"{error}: {e.message}"[:300]))
-                    retry_after = e.response.headers.get("retry-after")
-                except openai.APITimeoutError:
-                    error = "timeout"
-                except openai.APIConnectionError:
-                    error = "connection"
-                except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError):
-                    error = "bad_response"  # a 200 whose body is not a chat completion
-                finally:
-                    self.tally.in_flight -= 1
+                reply, error, retry_after = await self._attempt(request, check)
+            if reply is not None:
+                return reply
             self._count(error)
             if attempt < self.max_retries:
                 self.tally.retries += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))
-        self.tally.failed += 1
-        return Reply(None, error=f"{error} after {self.max_retries + 1} attempts")
+        return give_up(self.tally, error, f"{error} after {self.max_retries + 1} attempts")
+
+    async def _attempt(self, request: Request, check: Check | None) -> tuple[Reply | None, str, str | None]:
+        """One request: (a final reply, "", None), or (None, the error kind, Retry-After) to retry."""
+        import openai
+
+        self.tally.requests += 1
+        self.tally.in_flight += 1
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": request.prompt}],
+                temperature=self.temperature, max_tokens=self.max_new_tokens)
+            text = response.choices[0].message.content
+            if not isinstance(text, str):
+                raise TypeError("reply without message content")
+            usage = response.usage
+            reply = Reply(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+            self.tally.prompt_tokens += reply.prompt_tokens
+            self.tally.completion_tokens += reply.completion_tokens
+            problem = check(text) if check else None
+            return (None, problem, None) if problem else (reply, "", None)
+        except openai.APIStatusError as e:
+            error = f"http_{e.status_code}"
+            if e.status_code not in (408, 409, 429) and e.status_code < 500:  # the request itself is wrong
+                self._count(error)
+                return give_up(self.tally, error, self.scrub(f"{error}: {e.message}"[:300])), error, None
+            return None, error, e.response.headers.get("retry-after")
+        except openai.APITimeoutError:
+            return None, "timeout", None
+        except openai.APIConnectionError:
+            return None, "connection", None
+        except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError):
+            return None, "bad_response", None  # a 200 whose body is not a chat completion
+        finally:
+            self.tally.in_flight -= 1
 
     def _count(self, error: str) -> None:
         self.tally.errors[error] = self.tally.errors.get(error, 0) + 1
@@ -174,7 +199,7 @@ class TransformersGenerator:
         new = output[0, inputs["input_ids"].shape[1]:]
         return Reply(self.tokenizer.decode(new, skip_special_tokens=True), inputs["input_ids"].shape[1], len(new))
 
-    async def complete(self, request: Request) -> Reply:
+    async def complete(self, request: Request, check: Check | None = None) -> Reply:
         self.tally.requests += 1
         self.tally.in_flight += 1
         try:
@@ -183,7 +208,7 @@ class TransformersGenerator:
             self.tally.in_flight -= 1
         self.tally.prompt_tokens += reply.prompt_tokens
         self.tally.completion_tokens += reply.completion_tokens
-        return reply
+        return checked(reply, check, self.tally)
 
 
 def make_generator(settings) -> OfflineGenerator | OpenAIGenerator | TransformersGenerator:

@@ -7,6 +7,8 @@ Records are appended to the output as they finish, one write per line. The outpu
 record of what is done: a restarted run skips the contexts whose ids it holds (after dropping a last
 line cut off by a kill), and the response cache, keyed by (backend, model, prompt), makes redoing the
 rest free. So a run killed at any moment and started again ends with every record exactly once.
+Only usable replies are cached, and a context whose request failed for good gets no record, so a rerun
+asks again for exactly what is missing.
 At the end: OUTPUT.summary.json (counts, rejections by reason, tokens, cost) and OUTPUT.lengths.png.
 """
 
@@ -30,7 +32,7 @@ from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
 from tenfold.data.corpus import filter_documents, read_corpus, warn
 from tenfold.data.generators import Reply, Request, make_generator
 from tenfold.data.prompts import PROMPTS, TASKS
-from tenfold.data.replies import valid_items
+from tenfold.data.replies import reply_problem, valid_items
 from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
 from tenfold.recipe import RecipeError, coerce
 
@@ -198,29 +200,32 @@ def synth(settings: SynthSettings) -> dict:
 
     async def ask(request: Request) -> Reply:
         reply = cache.get(generator.backend, generator.model, request.prompt)
-        if reply is not None:
+        # an unusable reply cached by an older version is asked again, never replayed
+        if reply is not None and reply.text is not None and reply_problem(reply.text) is None:
             stats["cached_replies"] += 1
             return reply
-        reply = await generator.complete(request)
+        reply = await generator.complete(request, reply_problem)
         if reply.text is not None:  # failures are not cached: a rerun asks again
             cache.put(generator.backend, generator.model, request.prompt, reply)
         return reply
 
     async def process(context: Context, fd: int) -> None:
         replies = await asyncio.gather(*(ask(r) for r in context.requests))
-        items = []
-        for reply, support in zip(replies, context.supports):
-            if reply.text is None:
-                rejected["request_failed"] += 1
-                warn(f"synth: {context.id}: a request failed for good ({reply.error}); rerun to retry it")
-                continue
-            items += valid_items(reply.text, PROMPTS[context.task].keys, rejected, support)
-        record = conversation_record(context, items, generator)
-        if record is None:
-            stats["contexts_without_record"] += 1
+        failed = [reply.error for reply in replies if reply.text is None]
+        if failed:  # a written record is final, so the context waits for a rerun to ask again
+            rejected["request_failed"] += len(failed)
+            warn(f"synth: {context.id}: {len(failed)} request(s) failed for good ({failed[0]}); "
+                 f"no record yet: run the same command again to ask again")
         else:
-            append_line(fd, record)
-            records_by_task[context.task] += 1
+            items = []
+            for reply, support in zip(replies, context.supports):
+                items += valid_items(reply.text, PROMPTS[context.task].keys, rejected, support)
+            record = conversation_record(context, items, generator)
+            if record is None:
+                stats["contexts_without_record"] += 1
+            else:
+                append_line(fd, record)
+                records_by_task[context.task] += 1
         progress.update(1)
         progress.set_postfix(in_flight=generator.tally.in_flight, records=sum(records_by_task.values()),
                              tokens=generator.tally.prompt_tokens + generator.tally.completion_tokens,
