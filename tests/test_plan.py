@@ -50,8 +50,8 @@ print(json.dumps({"runtime": runtime, "peaks": peaks}))
 """
 
 POINTS = [  # width, layers, dtype, lengths: two widths, two layer counts, both dtypes, several lengths
-    (512, 1, "fp32", [2048, 8192]), (512, 4, "bf16", [2048, 8192]),
-    (1024, 1, "bf16", [2048, 6144]), (1024, 3, "fp32", [2048, 6144]),
+    (512, 1, "fp32", [4096, 12288]), (512, 4, "bf16", [8192, 16384]),
+    (1024, 1, "bf16", [4096, 8192]), (1024, 3, "fp32", [2048, 6144]),
 ]
 # glibc's dynamic mmap threshold keeps freed tensors under 32 MB in the heap, which overstates live tensors
 # by up to half at these widths; a fixed threshold makes the resident peak track them (as on a GPU).

@@ -23,6 +23,7 @@ from tenfold.train.loss import LOGITS_CHUNK_BYTES
 GIB = 2**30
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
 CPU_RUNTIME_GIB = 0.45  # resident size of a process that imported torch, transformers, peft, bitsandbytes
+CPU_WORKSPACE_GIB = 0.0625  # what a CPU step holds beyond its tensors (kernels' scratch): 35-80 MB measured
 CUDA_CONTEXT_GIB = 0.75  # the CUDA context and cuBLAS workspaces, outside torch's allocator
 ALLOCATOR_HEADROOM = 0.05  # share of the card kept free for the caching allocator's fragmentation
 
@@ -158,8 +159,10 @@ def plan_peak(recipe: Recipe, length: int, device: str = "cuda", data_parallel: 
     b = compute_bytes(recipe, device)
     tokens = length * recipe.train.micro_batch_size
     always = weights_and_state(shape, recipe, b, device)
-    always["CUDA context" if device == "cuda" else "process runtime"] = \
-        (CUDA_CONTEXT_GIB if device == "cuda" else CPU_RUNTIME_GIB) * GIB
+    if device == "cuda":
+        always["CUDA context"] = CUDA_CONTEXT_GIB * GIB
+    else:
+        always.update({"process runtime": CPU_RUNTIME_GIB * GIB, "kernel workspaces": CPU_WORKSPACE_GIB * GIB})
     if data_parallel > 1:  # DDP's gradient buckets hold a second copy of every trained gradient
         always["DDP gradient buckets"] = 4 * (extra_params(shape, recipe) + lora_params(shape, recipe))
     phases = activation_phases(shape, recipe, tokens, b)
