@@ -1,6 +1,6 @@
 """`tenfold synth` against a real OpenAI-compatible server: `transformers serve` with the shipped tiny
-model, on loopback. The tiny model's replies are garbage, so every reply must be rejected and counted,
-and the run must still complete."""
+model, on loopback. The tiny model's replies are garbage: each is asked again (the retry budget of the
+recipe), counted, never cached, and the run ends saying the same command resumes, with exit code 1."""
 
 import json
 import os
@@ -43,20 +43,23 @@ def served_tiny_model():
     server.wait(timeout=30)
 
 
-def test_synth_against_transformers_serve_completes_and_counts_the_rejections(served_tiny_model, tmp_path,
-                                                                              monkeypatch):
+def test_synth_against_transformers_serve_retries_and_counts_the_garbage(served_tiny_model, tmp_path,
+                                                                         monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
     corpus = write_corpus(tmp_path / "corpus", n_toy=3, with_story=False, with_short=False)
     recipe = tmp_path / "synth.yaml"
-    recipe.write_text("synth:\n  max_new_tokens: 32\n")
+    recipe.write_text("synth:\n  max_new_tokens: 32\n  max_retries: 1\n  backoff_base: 0.01\n")
     output = tmp_path / "synth.jsonl"
-    main(["synth", "--corpus", str(corpus), "--output", str(output), "--generator", "openai", "--model", TINY,
-          "--base-url", served_tiny_model, "--min-tokens", "400", "--max-tokens", "3000",
-          "--tasks", "single_detail,multi_detail", "--recipe", str(recipe)])
+    with pytest.raises(SystemExit) as exit:  # no usable reply, no record: the work asked for is not done
+        main(["synth", "--corpus", str(corpus), "--output", str(output), "--generator", "openai", "--model", TINY,
+              "--base-url", served_tiny_model, "--min-tokens", "400", "--max-tokens", "3000",
+              "--tasks", "single_detail,multi_detail", "--recipe", str(recipe),
+              "--tokenizer", "tenfold/tiny-llama"])
+    assert exit.value.code == 1
     summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
     requests = summary["requests"]
-    assert requests["requests"] >= 3 and requests["failed"] == 0  # every request was answered
-    assert requests["completion_tokens"] > 0  # by the served model itself
-    assert sum(summary["rejected"].values()) == requests["requests"]  # and every garbage reply was rejected
-    assert set(summary["rejected"]) <= {"malformed_json", "wrong_shape", "empty_field", "unsupported_answer"}
+    assert requests["completion_tokens"] > 0  # answered by the served model itself
+    failed = requests["failed_by"]  # each garbage reply was asked again once, then counted as failed
+    assert sum(failed.values()) >= 3 and set(failed) <= {"malformed_json", "wrong_shape"}
+    assert summary["rejected"] == {"request_failed": sum(failed.values())}
     assert output.read_text() == ""
