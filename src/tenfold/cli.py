@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_argument("--batch-size", type=int, help="prompts per generate call (transformers)")
         bench.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
         bench.add_argument("--base-url", help="OpenAI-compatible endpoint (--backend openai); key from OPENAI_API_KEY")
+        bench.add_argument("--overwrite", action="store_true",
+                           help="discard predictions in --output-dir made otherwise (default: refuse them)")
         for flag, spec in flags:
             bench.add_argument(flag, **spec)
     suite = benchmarks.add_parser("all", help="run the suite in a YAML file's `eval:` section; one summary table")

@@ -78,6 +78,27 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": type(self).__name__, "model": self.name, "max_length": self.max_length}
 
+    def identity(self) -> dict:
+        """Everything of the backend that changes a prediction (the key `tenfold eval` resumes on)."""
+        return {"kind": type(self).__name__, "model": self.name}
+
+
+def model_identity(model: str) -> dict:
+    """A local model by its absolute path, a hub id as is; a `tenfold train` output also by its adapter."""
+    from tenfold.train.model import resolve_model_path
+
+    path = resolve_model_path(model)
+    if not Path(path).exists():
+        return {"model": path}
+    identity = {"model": str(Path(path).resolve())}
+    if is_adapter_dir(path):
+        from tenfold.eval.runner import file_sha256
+        from tenfold.train.merge import adapter_dir
+
+        weights = adapter_dir(path) / "adapter_model.safetensors"
+        identity["adapter_sha256"] = file_sha256(weights) if weights.is_file() else None
+    return identity
+
 
 class TransformersBackend(Backend):
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
@@ -85,7 +106,7 @@ class TransformersBackend(Backend):
                  max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa"):
         from tenfold.train.model import load_tokenizer, resolve_model_path
 
-        self.name = model
+        self.name, self.tokenizer_name = model, tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -136,6 +157,10 @@ class TransformersBackend(Backend):
 
     def describe(self) -> dict:
         return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids, "dtype": str(self.model.dtype)}
+
+    def identity(self) -> dict:
+        return {"kind": "transformers", **model_identity(self.name), "rope": self.rope,
+                "dtype": str(self.model.dtype), "tokenizer": self.tokenizer_name}
 
     def generation_bytes(self, longest: int) -> int:
         """About what one batch of prompts up to `longest` tokens adds while generating: the KV cache of
@@ -226,6 +251,10 @@ class OpenAIBackend(Backend):
             from tenfold.train.model import load_tokenizer
             self.tokenizer = load_tokenizer(tokenizer)
 
+    def identity(self) -> dict:
+        return {"kind": "openai", "model": self.name, "base_url": str(getattr(self.client, "base_url", "")),
+                "system_prompt": self.system_prompt}
+
     def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
         if self.tokenizer is None:
             raise ValueError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path "
@@ -264,12 +293,15 @@ class VLLMBackend(Backend):
             raise ValueError(f"{model}: vLLM needs a standalone model; run `tenfold merge` first")
         overrides = {"rope_theta": rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}} \
             if rope_theta else None
-        self.name = model
+        self.name, self.rope_theta = model, rope_theta
         self.llm = LLM(model=path, tokenizer=tokenizer or path, max_model_len=max_length, hf_overrides=overrides,
                        **engine_options)
         self.tokenizer = load_tokenizer(tokenizer or path)
         self.max_length = max_length or self.llm.llm_engine.model_config.max_model_len
         self.stop_ids = stop_token_ids(self.tokenizer, None)
+
+    def identity(self) -> dict:
+        return {"kind": "vllm", **model_identity(self.name), "rope_theta": self.rope_theta}
 
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
                  answer_prefix: str | list[str] = "") -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from tenfold.data.tokenize import read_jsonl
 from tenfold.eval.longbench import cache_dir
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
-from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
 MAX_NEW_TOKENS = {"longbook_qa_eng": 40, "longbook_sum_eng": 1200}  # InfiniteBench eval_utils.py
@@ -91,7 +91,8 @@ def summary_score(prediction: str, references: list[str], preset: str) -> float:
 
 def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None, preset: str = "paper",
                  truncate_length: int = 80000, template_set: str = "yarn_mistral", prompts: str | Path | None = None,
-                 data_dir: str | Path | None = None, limit: int | None = None) -> dict:
+                 data_dir: str | Path | None = None, limit: int | None = None,
+                 overwrite: bool = False) -> dict:
     """Generate and score into output_dir (infbench.json, .summary.json, .predictions.jsonl)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown InfiniteBench preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -105,6 +106,9 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
     templates = load_templates(prompts, template_set)
 
     out = Path(output_dir)
+    claim_predictions(backend, out / "infbench.predictions.jsonl", overwrite=overwrite, settings={
+        "preset": preset, "truncate_length": truncate_length, "template_set": template_set,
+        "prompts": prompts, "data_dir": data_dir})
     records, scores = [], {}
     for task in tasks:
         cases = []

@@ -33,7 +33,7 @@ import numpy as np
 
 from tenfold.data.tokenize import read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
-from tenfold.eval.runner import check_length, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, run_cases, write_outputs
 
 CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
     "Single-Doc QA": ["narrativeqa", "qasper", "multifieldqa_en"],
@@ -197,7 +197,8 @@ def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str
 
 def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = None, preset: str = "official",
                   truncate_length: int | None = None, longbench_e: bool = False, data_dir: str | Path | None = None,
-                  config_dir: str | Path | None = None, limit: int | None = None) -> dict:
+                  config_dir: str | Path | None = None, limit: int | None = None,
+                  overwrite: bool = False) -> dict:
     """Generate, score and average into output_dir (longbench.json, .summary.json, .predictions.jsonl).
 
     truncate_length: prompt tokens after the middle cut, BOS included (pred.py's max_length: 3500 for 4K
@@ -223,6 +224,9 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
 
     name = "longbench_e" if longbench_e else "longbench"
     out = Path(output_dir)
+    # the preset only chooses the averages, so it is no part of the predictions' key
+    claim_predictions(backend, out / f"{name}.predictions.jsonl", overwrite=overwrite, settings={
+        "truncate_length": truncate_length, "data_dir": data_dir, "config_dir": config_dir})
     records, scores = [], {}
     for dataset in datasets:
         data = load_data(dataset, data_dir, longbench_e)[:limit]

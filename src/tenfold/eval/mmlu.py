@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tenfold.data.tokenize import read_jsonl
-from tenfold.eval.runner import load_finished, write_outputs
+from tenfold.eval.runner import claim_predictions, load_finished, write_outputs
 
 LETTERS = ("A", "B", "C", "D")
 PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
@@ -142,7 +142,7 @@ def accuracies(records: list[dict], average: str) -> dict:
 
 
 def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str | Path | None = None,
-             subjects: list[str] | None = None, limit: int | None = None) -> dict:
+             subjects: list[str] | None = None, limit: int | None = None, overwrite: bool = False) -> dict:
     """Score every question into output_dir (mmlu.json, mmlu.summary.json, mmlu.predictions.jsonl).
 
     subjects: only these; limit: the first N questions of each subject.
@@ -165,6 +165,7 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "mmlu.predictions.jsonl"
+    claim_predictions(backend, path, {"preset": preset, "data": data}, overwrite)
     finished = load_finished(path)
     todo = [q for q in questions if q["id"] not in finished]
     chunk = max(1, getattr(backend, "batch_size", 8))

@@ -31,7 +31,7 @@ import numpy as np
 
 from tenfold.eval.metrics import Judge, rouge_l_recall
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
 
 
 @dataclass
@@ -141,8 +141,10 @@ def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dic
 def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: list[int] | None = None,
                depths: list[float] | None = None, haystack: str | Path | None = None, scorer: str = "rouge",
                judge: Judge | None = None, judge_model: str | None = None, judge_base_url: str | None = None,
-               training_length: int | None = None, **preset_overrides) -> dict:
-    """Run the grid into output_dir (needle.json, needle.png, needle.predictions.jsonl); returns the summary."""
+               training_length: int | None = None, overwrite: bool = False, **preset_overrides) -> dict:
+    """Run the grid into output_dir (needle.json, needle.png, needle.predictions.jsonl); returns the summary.
+
+    Predictions made with other settings in output_dir are refused, or discarded with `overwrite`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown needle preset {preset!r}; use one of {', '.join(PRESETS)}")
     if scorer not in ("rouge", "judge"):
@@ -156,6 +158,11 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
     check_length(backend, "needle", max(settings.lengths) + backend.prompt_length(""), settings.max_new_tokens)
     if scorer == "judge" and judge is None:
         judge = Judge(**{k: v for k, v in {"model": judge_model, "base_url": judge_base_url}.items() if v})
+    out = Path(output_dir)
+    grid = {"lengths", "depths", "training_length"}  # select cells, or only label the plot
+    claim_predictions(backend, out / "needle.predictions.jsonl", overwrite=overwrite, settings={
+        "preset": preset, **{k: v for k, v in asdict(settings).items() if k not in grid},
+        "haystack": str(haystack or "toy"), "scorer": scorer, "judge": getattr(judge, "model", None)})
 
     haystack_text = read_haystack(haystack, min_chars=4 * max(settings.lengths))
     cases = build_cases(backend.tokenizer, haystack_text, settings)
@@ -165,7 +172,6 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
             return {"score": judge(settings.question.strip(), settings.needle.strip(), prediction), "scorer": "judge"}
         return {"score": rouge_l_recall(prediction, settings.answer), "scorer": "rouge-l-recall"}
 
-    out = Path(output_dir)
     cells = run_cases(backend, cases, out / "needle.predictions.jsonl", settings.max_new_tokens, score, desc="needle")
     vmax = 10 if scorer == "judge" else 1
     heatmap(cells, out / "needle.png", f"Needle In A HayStack: {backend.name} ({preset} preset, "

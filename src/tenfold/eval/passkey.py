@@ -16,7 +16,7 @@ import numpy as np
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.needle import fill, insertion_point
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
 
 PREFIX = ("There is an important infomation hidden in the following context. Find the information and memorize it. "
           "I will quiz you about the important information there.\n")  # sic, as in the paper's code
@@ -48,17 +48,20 @@ def build_cases(tokenizer, lengths: list[int], depths: list[float], seed: int = 
 
 
 def run_passkey(backend, output_dir: str | Path, lengths: list[int] | None = None, depths: list[float] | None = None,
-                max_new_tokens: int = 50, seed: int = 123, training_length: int | None = None) -> dict:
+                max_new_tokens: int = 50, seed: int = 123, training_length: int | None = None,
+                overwrite: bool = False) -> dict:
     """Run the grid into output_dir (passkey.json, passkey.png, passkey.predictions.jsonl); returns the summary."""
     lengths = sorted(lengths or LENGTHS)
     depths = sorted(depths if depths is not None else DEPTHS)
     check_length(backend, "passkey", max(lengths) + backend.prompt_length(""), max_new_tokens)
+    out = Path(output_dir)
+    claim_predictions(backend, out / "passkey.predictions.jsonl",
+                      {"seed": seed, "max_new_tokens": max_new_tokens}, overwrite)
     cases = build_cases(backend.tokenizer, lengths, depths, seed)
 
     def score(case: dict, prediction: str) -> dict:
         return {"score": float(first_integer(prediction) == case["key"])}
 
-    out = Path(output_dir)
     cells = run_cases(backend, cases, out / "passkey.predictions.jsonl", max_new_tokens, score, desc="passkey")
     heatmap(cells, out / "passkey.png", f"Passkey retrieval: {backend.name} (exact match)", training_length=training_length)
     summary = {"benchmark": "passkey", "model": backend.describe(), "scorer": "exact-match", "seed": seed,

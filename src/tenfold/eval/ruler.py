@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from tenfold.eval.metrics import string_match_all
-from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH = ("Some special magic {type_v} are hidden within the following text. Make sure to memorize it. I will quiz you "
@@ -141,13 +141,16 @@ def fit_size(backend, task: str, length: int, new_tokens: int, essay: list[str])
 
 
 def run_ruler(backend, output_dir: str | Path, tasks: list[str] | None = None, lengths: list[int] | None = None,
-              samples: int = 20, seed: int = 42, haystack: str | None = None) -> dict:
+              samples: int = 20, seed: int = 42, haystack: str | None = None,
+              overwrite: bool = False) -> dict:
     """Each task at each length into output_dir (ruler.json, ruler.predictions.jsonl); returns the summary."""
     tasks, lengths = tasks or TASKS, sorted(lengths or LENGTHS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"ruler: unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
     check_length(backend, "ruler", max(lengths) - TOKENS_TO_GENERATE["niah"], TOKENS_TO_GENERATE["niah"])
+    claim_predictions(backend, Path(output_dir) / "ruler.predictions.jsonl", overwrite=overwrite, settings={
+        "seed": seed, "haystack": haystack, "max_new_tokens": TOKENS_TO_GENERATE})
     essay = []
     if haystack:
         from tenfold.eval.needle import read_haystack

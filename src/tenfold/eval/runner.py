@@ -5,10 +5,15 @@ needs), then `run_cases` generates the unfinished ones a batch at a time, scores
 each finished case to `<name>.predictions.jsonl` as soon as it is done, so a killed run started
 again re-runs no finished case. Cases of similar length are batched together (left padding), which
 is what makes a needle grid several times faster than one generate call per cell.
+
+Resuming is keyed: `claim_predictions` stores what makes the predictions (the backend's identity and
+the benchmark's settings) in `<name>.key.json` beside them, and refuses a folder whose predictions
+were made otherwise, unless told to discard them (`overwrite=True`, `--overwrite`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -54,6 +59,70 @@ def load_finished(path: Path) -> dict[str, dict]:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return finished
+
+
+def backend_identity(backend) -> dict:
+    """What identifies a backend's predictions: `Backend.identity()`, or a stand-in's type and name."""
+    identity = getattr(backend, "identity", None)
+    return identity() if callable(identity) else {"kind": type(backend).__name__, "model": backend.name}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def key_differences(old: dict, new: dict, limit: int = 3) -> str:
+    """'backend.rope.rope_theta 500.0 -> 400000.0; ...': the keys whose values differ, the first `limit`."""
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    old, new = _flat(old), _flat(new)
+    keys = list(new) + [k for k in old if k not in new]
+    diffs = [f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def claim_predictions(backend, predictions_path: str | Path, settings: dict, overwrite: bool = False) -> dict:
+    """Before any work: make predictions_path this run's, keyed on the backend and the benchmark's settings.
+
+    The key goes to `<name>.key.json` beside the predictions. Predictions made with another key, or from
+    before keys (no key file), are refused with a ValueError unless `overwrite`, which deletes them.
+    Same key: nothing happens and `run_cases` resumes. Returns the key.
+    """
+    path = Path(predictions_path)
+    name = path.name.removesuffix(".predictions.jsonl")
+    key_path = path.with_name(f"{name}.key.json")
+    key = {"benchmark": name, "backend": backend_identity(backend), "settings": settings}
+    key = json.loads(json.dumps(key, default=str))  # as it reads back from the file
+    held = path.is_file() and path.stat().st_size > 0
+    old = json.loads(key_path.read_text()) if key_path.is_file() else None
+    fix = "pass --overwrite (overwrite=True) to discard them, or choose another --output-dir"
+    if held and not overwrite:
+        if old is None:
+            raise ValueError(f"{path.parent}: holds {name} predictions from before tenfold recorded what made "
+                             f"them (no {key_path.name}), so they may come from another model or setting; {fix}")
+        if old != key:
+            raise ValueError(f"{path.parent}: holds {name} predictions made otherwise "
+                             f"({key_differences(old, key)}); {fix}")
+    if held and overwrite:
+        path.unlink()
+    if old != key or overwrite:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = key_path.with_name(key_path.name + ".tmp")
+        temp.write_text(json.dumps(key, indent=1) + "\n")
+        os.replace(temp, key_path)
+    return key
 
 
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tenfold.data.tokenize import RecordError, read_jsonl
 from tenfold.eval.plots import line_plot
-from tenfold.eval.runner import check_length, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
 
 NUM_TOPICS = [5, 10, 15, 20, 25, 30, 40, 50, 60, 70]  # the paper's groups
 QUESTION = " Now the record ends. What is the first topic we discussed? Only give me the topic name. Do not summarize yourself."
@@ -87,7 +87,8 @@ def file_cases(path: str | Path, num_topics: list[int] | None) -> list[dict]:
 
 
 def run_topic(backend, output_dir: str | Path, data: str | Path | None = None, num_topics: list[int] | None = None,
-              samples: int = 10, turns: int = 2, seed: int = 0, max_new_tokens: int = 50) -> dict:
+              samples: int = 10, turns: int = 2, seed: int = 0, max_new_tokens: int = 50,
+              overwrite: bool = False) -> dict:
     """Accuracy per number of topics into output_dir (topic.json, topic.png); returns the summary."""
     cases = file_cases(data, num_topics) if data else generated_cases(num_topics or NUM_TOPICS, samples, turns, seed)
     if not cases:
@@ -99,6 +100,8 @@ def run_topic(backend, output_dir: str | Path, data: str | Path | None = None, n
         return {"score": float(case["target"].lower() in prediction.lower())}
 
     out = Path(output_dir)
+    claim_predictions(backend, out / "topic.predictions.jsonl", overwrite=overwrite, settings={
+        "data": str(data) if data else None, "turns": turns, "seed": seed, "max_new_tokens": max_new_tokens})
     records = run_cases(backend, cases, out / "topic.predictions.jsonl", max_new_tokens, score, desc="topic")
     groups = sorted({r["num_topics"] for r in records})
     accuracy = {n: mean(r["score"] for r in records if r["num_topics"] == n) for n in groups}
