@@ -30,7 +30,8 @@ def sources(tmp_path_factory):
 def run_mix(root, output, seed=1, counts="instruct=6,plain=0.5"):
     main(["mix", "--output", str(output), "--synthetic", str(root / "synth.jsonl"),
           "--instruct", str(root / "LongAlpaca.jsonl"), str(root / "alpaca_extra.json"),
-          "--plain", str(root / "redpajama.jsonl"), "--counts", counts, "--seed", str(seed), "--max-length", "64"])
+          "--plain", str(root / "redpajama.jsonl"), "--counts", counts, "--seed", str(seed), "--max-length", "64",
+          "--tokenizer", "tenfold/tiny-llama"])
     return [json.loads(line) for line in open(output)]
 
 

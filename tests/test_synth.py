@@ -46,7 +46,8 @@ def offline_run(tmp_path_factory):
     corpus = write_corpus(root / "corpus", with_story=False)
     books = write_corpus(root / "books", n_toy=1, with_short=False)
     output = root / "out" / "synth.jsonl"
-    common = ["--output", str(output), "--min-tokens", "400", "--max-tokens", "3000", "--chunk-tokens", "300"]
+    common = ["--output", str(output), "--min-tokens", "400", "--max-tokens", "3000", "--chunk-tokens", "300",
+              "--tokenizer", "tenfold/tiny-llama"]
     main(["synth", "--corpus", str(books), "--tasks", "biography"] + common)  # a second run appends below
     argv = ["synth", "--corpus", str(corpus), "--tasks", "single_detail,multi_detail,multi_detail_heterogeneous"] + common
     main(argv)
@@ -121,7 +122,7 @@ def test_rerun_after_a_cut_last_line_redoes_that_record_once(tmp_path):
     output = tmp_path / "synth.jsonl"
     corpus = write_corpus(tmp_path / "corpus", n_toy=4, with_story=False, with_short=False)
     argv = ["synth", "--corpus", str(corpus), "--output", str(output), "--min-tokens", "400", "--max-tokens", "3000",
-            "--tasks", "single_detail,multi_detail"]
+            "--tasks", "single_detail,multi_detail", "--tokenizer", "tenfold/tiny-llama"]
     main(argv)
     full = records_of(output)
     data = output.read_bytes()
@@ -161,7 +162,7 @@ def test_transformers_generator_runs_and_counts_garbage_replies(tmp_path, tiny_m
                       f"  single_detail_chunks: 1\n  tasks: [single_detail]\n")
     with pytest.raises(SystemExit) as exit:  # no record: the work asked for is not done
         main(["synth", "--recipe", str(recipe), "--corpus", str(corpus), "--output", str(output),
-              "--min-tokens", "400", "--max-tokens", "3000"])
+              "--min-tokens", "400", "--max-tokens", "3000", "--tokenizer", "tenfold/tiny-llama"])
     assert exit.value.code == 1
     summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
     assert summary["generator"] == {"backend": "transformers", "model": str(tiny_model_dir)}

@@ -113,7 +113,8 @@ def planted_key(monkeypatch):
 
 def synth_argv(corpus, output, server, *extra):
     return ["synth", "--corpus", str(corpus), "--output", str(output), "--generator", "openai", "--model", "fake-gpt",
-            "--base-url", server.url, "--min-tokens", "400", "--max-tokens", "3000", "--concurrency", "4", *extra]
+            "--base-url", server.url, "--min-tokens", "400", "--max-tokens", "3000", "--concurrency", "4",
+            "--tokenizer", "tenfold/tiny-llama", *extra]
 
 
 def test_faults_cost_no_record_and_duplicate_none_and_the_key_never_leaks(tmp_path, planted_key, capfd):

@@ -114,6 +114,7 @@ def test_nothing_listening_at_the_base_url_exits_1_and_counts_the_failures(tmp_p
 def test_an_empty_corpus_exits_1_saying_no_record_was_written(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit:
-        main(["synth", "--corpus", str(tmp_path / "empty"), "--output", str(tmp_path / "synth.jsonl")])
+        main(["synth", "--corpus", str(tmp_path / "empty"), "--output", str(tmp_path / "synth.jsonl"),
+              "--tokenizer", "tenfold/tiny-llama"])
     assert exit.value.code == 1
     assert "no record written" in last_error_line(capsys)

@@ -94,7 +94,7 @@ def cmd_mix(args: argparse.Namespace) -> None:
     from tenfold.data.mix import mix, parse_counts
 
     summary = mix(args.output, args.synthetic, args.instruct, args.plain, parse_counts(args.counts), args.seed,
-                  args.tokenizer, args.max_length)
+                  args.tokenizer, args.max_length, args.recipe)
     parts = ", ".join(f"{name} {s['records']} records / {s['tokens']} tokens" for name, s in summary["sources"].items())
     print(f"mix: {summary['records']} records ({parts}) in {args.output}; summary in {args.output}.summary.json")
 
@@ -232,14 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=cmd_merge)
 
     synth = verbs.add_parser("synth", help="long-context QA conversations from long documents (the paper's data)")
-    synth.add_argument("--corpus", required=True, help="folder of .txt/.md, .jsonl, .parquet, saved dataset, or hub id")
+    synth.add_argument("--corpus", required=True,
+                       help="folder of .txt/.md, .jsonl, .parquet, saved dataset, hub id, or tenfold/toy")
     synth.add_argument("--output", required=True, help="JSONL of conversation records (appended; a rerun resumes)")
     synth.add_argument("--generator", choices=["offline", "openai", "transformers"], help="default: offline")
     synth.add_argument("--tasks", help="comma-separated: single_detail,multi_detail,multi_detail_heterogeneous,biography")
-    synth.add_argument("--tokenizer", help="the target model's tokenizer (default: tenfold/tiny-llama)")
+    synth.add_argument("--tokenizer", help="the target model's tokenizer (default: the --recipe's model.name; "
+                       "needed otherwise, except on --corpus tenfold/toy)")
     synth.add_argument("--min-tokens", dest="min_tokens", type=int, help="shortest document, target tokens (64000)")
     synth.add_argument("--max-tokens", dest="max_tokens", type=int, help="longest document, target tokens (80000)")
-    synth.add_argument("--recipe", help="YAML file whose synth: section sets any synth key")
+    synth.add_argument("--recipe", help="YAML file whose synth: section sets any synth key "
+                       "(its model.name: the tokenizer)")
     synth.add_argument("--model", help="the generator's model (openai, transformers)")
     synth.add_argument("--base-url", dest="base_url", help="OpenAI-compatible endpoint; key from $OPENAI_API_KEY")
     synth.add_argument("--concurrency", type=int, help="requests in flight (openai; default 8)")
@@ -258,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--counts", default="synthetic=all,instruct=12000,plain=5000",
                      help="per source: all, a record count, or a fraction like 0.5 (default: the paper's mix)")
     mix.add_argument("--seed", type=int, default=42)
-    mix.add_argument("--tokenizer", default="tenfold/tiny-llama", help="counts tokens and cuts plain text to --max-length")
+    mix.add_argument("--tokenizer", help="the target model's: counts tokens and cuts plain text to --max-length "
+                     "(default: the --recipe's model.name; needed otherwise, except on tenfold/toy inputs)")
+    mix.add_argument("--recipe", help="YAML recipe whose model.name is the target model (for its tokenizer)")
     mix.add_argument("--max-length", dest="max_length", type=int, default=81920, help="plain text is cut to this many tokens")
     mix.set_defaults(func=cmd_mix)
 

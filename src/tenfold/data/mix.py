@@ -11,7 +11,8 @@ generator, so the same inputs and seed give the same file.
   plain      {"text"} cut to max_length tokens of the tokenizer (RedPajama-style); task "plain"
 
 Sources are JSONL files (indexed by line offset, so records are read only when written), JSON or
-Parquet files, or hub dataset ids (loaded with `datasets`, from its cache when offline).
+Parquet files, hub dataset ids (loaded with `datasets`, from its cache when offline), or `tenfold/toy` (the
+shipped toy world). Tokens are the target model's: `tokenizer`, else the recipe's model.name.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from tenfold.data.corpus import warn
 from tenfold.data.report import record_tokens
-from tenfold.data.synth import load_tokenizer
+from tenfold.data.synth import TOY_DATA, load_tokenizer, target_tokenizer
 from tenfold.data.tokenize import RecordError
+from tenfold.data.toy import toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
 
@@ -75,20 +77,25 @@ class JsonlRows:
             raise RecordError(f"{self.path}, record {index + 1}: not valid JSON ({e}); fix or remove that line") from None
 
 
-def open_source(name: str):
+def open_source(name: str, kind: str = "synthetic"):
     """(rows, label): something indexable that yields dicts, and the name records get as their source."""
+    if name == TOY_DATA:  # the shipped toy world: its documents as plain text, its conversations otherwise
+        return [r for r in toy_records(256, seed=0) if ("text" in r) == (kind == "plain")], "toy"
     path = Path(name)
     if path.is_file() and path.suffix == ".jsonl":
         return JsonlRows(path), path.stem
+    if path.exists() and not path.is_file():
+        raise FileNotFoundError(f"{name}: not a .jsonl/.json/.parquet file")
+    a_file = path.suffix in (".jsonl", ".json", ".parquet") or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if not path.exists() and a_file:  # a hub id is owner/name
+        raise FileNotFoundError(f"no such file: {name}")
     import datasets
 
     if path.is_file():
-        kind = {".json": "json", ".parquet": "parquet"}.get(path.suffix)
-        if kind is None:
+        fmt = {".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if fmt is None:
             raise ValueError(f"{path}: give .jsonl, .json or .parquet")
-        return datasets.load_dataset(kind, data_files=str(path), split="train"), path.stem
-    if path.exists() or name.startswith((".", "/")):
-        raise FileNotFoundError(f"{name}: not a .jsonl/.json/.parquet file")
+        return datasets.load_dataset(fmt, data_files=str(path), split="train"), path.stem
     try:
         return datasets.load_dataset(name, split="train"), name
     except Exception as e:  # offline, or not on the hub: one line, with the fix
@@ -136,10 +143,13 @@ def sample_size(count, available: int) -> int:
 
 
 def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (), plain: list[str] = (),
-        counts: dict | None = None, seed: int = 42, tokenizer: str = "tenfold/tiny-llama",
-        max_length: int = 81920) -> dict:
-    """Write the mixed training file and OUTPUT.summary.json; returns the summary."""
+        counts: dict | None = None, seed: int = 42, tokenizer: str | None = None,
+        max_length: int = 81920, recipe: str | None = None) -> dict:
+    """Write the mixed training file and OUTPUT.summary.json; returns the summary.
+
+    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name (see target_tokenizer)."""
     counts = parse_counts(counts)
+    tokenizer = tokenizer or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain])
     rng = random.Random(seed)
     tok = load_tokenizer(tokenizer)
     chosen, sources = [], {}
@@ -148,7 +158,7 @@ def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (),
             continue
         refs = []
         for name in names:
-            rows, label = open_source(name)
+            rows, label = open_source(name, kind)
             refs += [(rows, label, i) for i in range(len(rows))]
         n = sample_size(counts[kind], len(refs))
         if isinstance(counts[kind], int) and counts[kind] > len(refs):

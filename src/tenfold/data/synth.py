@@ -29,14 +29,30 @@ import yaml
 from tqdm import tqdm
 
 from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
-from tenfold.data.corpus import filter_documents, read_corpus, warn
+from tenfold.data.corpus import Document, filter_documents, read_corpus, text_id, warn
 from tenfold.data.generators import Reply, Request, make_generator
 from tenfold.data.prompts import PROMPTS, TASKS
 from tenfold.data.replies import reply_problem, valid_items
 from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
+from tenfold.data.toy import toy_records
 from tenfold.recipe import RecipeError, coerce
 
 HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
+TOY_DATA, TOY_TOKENIZER = "tenfold/toy", "tenfold/tiny-llama"  # the shipped toy world and its tokenizer
+
+
+def target_tokenizer(verb: str, recipe: str | None, inputs: list[str]) -> str:
+    """The tokenizer when --tokenizer is not given: the recipe's model.name; on the shipped toy data alone,
+    the shipped toy tokenizer; else a refusal naming the flag (another model's tokens miscount lengths)."""
+    raw = (yaml.safe_load(Path(recipe).read_text()) or {}) if recipe else {}
+    name = (raw.get("model") or {}).get("name") if isinstance(raw, dict) else None
+    if name:
+        return str(name)
+    if inputs and all(name == TOY_DATA for name in inputs):
+        return TOY_TOKENIZER
+    where = f"{recipe} has no model.name" if recipe else "no --tokenizer or --recipe given"
+    raise RecipeError(f"{verb} counts lengths in the target model's tokens and {where}; give --tokenizer "
+                      f"(e.g. --tokenizer meta-llama/Meta-Llama-3-8B-Instruct) or a --recipe with model.name")
 
 
 @dataclass
@@ -45,7 +61,7 @@ class SynthSettings:
     output: str = ""
     generator: Literal["offline", "openai", "transformers"] = "offline"
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    tokenizer: str = "tenfold/tiny-llama"  # the target model's: lengths are counted in its tokens
+    tokenizer: str = ""  # the target model's: lengths are counted in its tokens (see target_tokenizer)
     min_tokens: int = 64_000  # the paper's 64K-80K documents
     max_tokens: int = 80_000
     chunk_tokens: int = 4096
@@ -95,6 +111,7 @@ def synth_settings(recipe: str | None = None, overrides: dict | None = None) -> 
         raise RecipeError("synth needs a corpus and an output file")
     if settings.min_tokens > settings.max_tokens:
         raise RecipeError(f"min_tokens ({settings.min_tokens}) is above max_tokens ({settings.max_tokens})")
+    settings.tokenizer = settings.tokenizer or target_tokenizer("synth", recipe, [settings.corpus])
     return settings
 
 
@@ -152,13 +169,24 @@ def append_line(fd: int, record: dict) -> None:
         data = data[os.write(fd, data):]
 
 
+def toy_documents():
+    """`--corpus tenfold/toy`: the toy world's documents with facts in them (its conversations' documents)."""
+    for record in toy_records(24, seed=0, min_lines=60, max_lines=80):
+        if "conversations" in record:
+            text = record["conversations"][0]["content"].rsplit("\n\n", 1)[0]  # without the question
+            yield Document(text_id(text), text, "toy", record["id"])
+
+
 def contexts(settings: SynthSettings, generator, count_tokens, skipped: Counter):
     """Every context of the run, in a fixed order: documents round-robin over the homogeneous tasks,
     then the heterogeneous groups of the shorter texts."""
     homogeneous = [t for t in settings.tasks if t in HOMOGENEOUS]
     short_texts = []
     keep_short = short_texts.append if "multi_detail_heterogeneous" in settings.tasks else None
-    documents = read_corpus(settings.corpus, skipped, settings.text_field)
+    if settings.corpus == TOY_DATA:
+        documents = toy_documents()
+    else:
+        documents = read_corpus(settings.corpus, skipped, settings.text_field)
     kept = filter_documents(documents, count_tokens, settings.min_tokens, settings.max_tokens, skipped,
                             settings.language, (lambda d, n: keep_short((d, n))) if keep_short else None)
     for index, (document, n_tokens) in enumerate(kept):

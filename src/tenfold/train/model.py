@@ -17,13 +17,21 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def resolve_model_path(name: str) -> str:
-    """`tenfold/<name>` is a model shipped inside the package; anything else goes to transformers as is."""
+    """`tenfold/<name>` is a model shipped inside the package; a name that exists here is a local path; one
+    that looks like a path (starts with /, ./, ../ or ~, or has more than one /) and does not exist is an
+    error naming it; anything else is a hub id, given to transformers as is."""
     if name.startswith("tenfold/"):
         path = ASSETS / name.removeprefix("tenfold/")
         if not path.is_dir():
             shipped = ", ".join(sorted(f"tenfold/{p.name}" for p in ASSETS.iterdir() if p.is_dir()))
             raise FileNotFoundError(f"no model {name!r} in the package; shipped: {shipped}")
         return str(path)
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local) if name.startswith("~") else name
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such file or folder; give an existing local path, or a hub id "
+                                f"like meta-llama/Meta-Llama-3-8B-Instruct")
     return name
 
 
