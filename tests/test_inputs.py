@@ -92,3 +92,13 @@ def test_mix_names_a_file_that_does_not_exist(tmp_path, capsys, plain_file):
         assert one_line_error(capsys, argv, "mix") == f"tenfold mix: error: no such file: {missing}"
     argv = ["mix", "--output", str(tmp_path / "m.jsonl"), "--plain", str(tmp_path), "--tokenizer", "tenfold/tiny-llama"]
     assert one_line_error(capsys, argv, "mix").endswith("not a .jsonl/.json/.parquet file")  # a folder
+
+
+def test_synth_request_timeout_is_a_flag(tmp_path):
+    from tenfold.cli import build_parser
+    from tenfold.data.synth import synth_settings
+
+    args = build_parser().parse_args(["synth", "--corpus", "tenfold/toy", "--output", str(tmp_path / "o.jsonl"),
+                                      "--request-timeout", "7.5"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "recipe")}  # as cmd_synth does
+    assert synth_settings(None, flags).request_timeout == 7.5

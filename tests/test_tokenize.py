@@ -188,6 +188,8 @@ def test_template_that_is_not_prefix_stable_is_an_error():
     (lambda r: r.update(conversations=[{"role": "user", "content": "hi"}]), "no assistant"),
     (lambda r: r.update(conversations=[{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]),
      "not from the user"),
+    (lambda r: r["conversations"].insert(1, {"role": "user", "content": "and?"}), "turn 1 is from the user"),
+    (lambda r: r["conversations"].append({"role": "system", "content": "late"}), "where the user speaks next"),
     (lambda r: r.update(conversations=None, text=3) or r.pop("conversations"), "'text'"),
 ])
 def test_malformed_records_name_the_record(tok, change, problem):

@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--model", help="the generator's model (openai, transformers)")
     synth.add_argument("--base-url", dest="base_url", help="OpenAI-compatible endpoint; key from $OPENAI_API_KEY")
     synth.add_argument("--concurrency", type=int, help="requests in flight (openai; default 8)")
+    synth.add_argument("--request-timeout", dest="request_timeout", type=float,
+                       help="seconds before a request is given up and retried (openai; default 600)")
     synth.add_argument("--max-contexts", dest="max_contexts", type=int, help="stop after this many records' contexts")
     synth.add_argument("--chunk-tokens", dest="chunk_tokens", type=int, help="chunk size in target tokens (4096)")
     synth.add_argument("--language", help="keep only documents in this language (langdetect code, e.g. en)")

@@ -76,9 +76,14 @@ def _validated_turns(record_id: str, turns) -> list[dict]:
             fail(f"turn {i} has role {turn['role']!r}", f"use one of {', '.join(ROLES)}")
     if not any(turn["role"] == "assistant" for turn in turns):
         fail("no assistant turn, so nothing to learn", "add at least one assistant answer")
-    first = next(turn for turn in turns if turn["role"] != "system")
-    if first["role"] != "user":
+    start = next(i for i, turn in enumerate(turns) if turn["role"] != "system")
+    if turns[start]["role"] != "user":
         fail("the first non-system turn is not from the user", "start the conversation with the user turn")
+    for i in range(start + 1, len(turns)):  # user, assistant, user, ...: a chat template assumes it
+        expected = "assistant" if (i - start) % 2 else "user"
+        if turns[i]["role"] != expected:
+            fail(f"turn {i} is from the {turns[i]['role']} where the {expected} speaks next",
+                 "alternate user and assistant turns after the system turns")
     return [{"role": turn["role"], "content": turn["content"]} for turn in turns]
 
 
