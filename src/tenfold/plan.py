@@ -14,10 +14,10 @@ checked against peaks measured on the CPU at two widths and two layer counts
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tenfold.recipe import Recipe
+from tenfold.recipe import ModelSettings, Recipe
 from tenfold.train.loss import LOGITS_CHUNK_BYTES
 
 GIB = 2**30
@@ -203,8 +203,6 @@ def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = 
          device: str = "cuda") -> dict:
     """The peak at the recipe's length (or `length`) and the longest context per data-parallel degree,
     as the recipe stands and with activation offload and the tiled MLP switched on."""
-    from dataclasses import replace
-
     shape = load_shape(recipe.model.name, recipe.model.trust_remote_code)
     length = length or recipe.data.max_length
     variants = {"as the recipe": recipe}
@@ -212,15 +210,16 @@ def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = 
     if not recipe.model.offload_activations:
         variants["offload"] = offload
     if not recipe.model.mlp_tile_tokens:
-        variants["offload + tiled MLP"] = replace(offload, model=replace(offload.model, mlp_tile_tokens=8192))
+        tile = ModelSettings().mlp_tile_tokens  # the default tile
+        variants["offload + tiled MLP"] = replace(offload, model=replace(offload.model, mlp_tile_tokens=tile))
     degrees = sorted({1, 2, gpus} & set(range(1, gpus + 1)))
+    peak = {n: plan_peak(recipe, length, device, n, shape) for n in degrees}
     return {
         "model": recipe.model.name, "shape": shape.__dict__, "memory_gib": memory_gib, "device": device,
-        "peak": {gpus_: plan_peak(recipe, length, device, gpus_, shape) for gpus_ in degrees},
+        "peak": peak,
         "longest_context": {name: {n: longest_context(r, memory_gib, device, n, shape=shape) for n in degrees}
                             for name, r in variants.items()},
-        "fits": plan_peak(recipe, length, device, gpus, shape)["total_gib"] <= memory_gib,
-        "length": length,
+        "fits": peak[gpus]["total_gib"] <= memory_gib, "length": length,
     }
 
 

@@ -74,25 +74,28 @@ def one_line(text: str) -> str:
     return re.sub(r"\s*\n\s*\n\s*", "\n", text.strip())
 
 
-def reply_problem(reply: str) -> str | None:
-    """Why a reply as a whole is unusable (malformed_json, wrong_shape), or None. Such a reply (a refusal,
-    a list cut short, a proxy's page) holds no item at all, so it is asked again and never cached; a
-    well-shaped reply is an answer, even when some of its items are rejected."""
+def reply_items(reply: str) -> tuple[list[dict] | None, str | None]:
+    """(the reply's items, None), or (None, why the reply as a whole is unusable: malformed_json,
+    wrong_shape). Such a reply (a refusal, a list cut short, a proxy's page) holds no item at all, so it
+    is asked again and never cached; a well-shaped reply is an answer, even when items are rejected."""
     items = parse_json_list(reply)
     if items is None:
-        return "malformed_json"
+        return None, "malformed_json"
     if not all(isinstance(item, dict) for item in items):
-        return "wrong_shape"
-    return None
+        return None, "wrong_shape"
+    return items, None
+
+
+def reply_problem(reply: str) -> str | None:
+    return reply_items(reply)[1]
 
 
 def valid_items(reply: str, keys: tuple[str, ...], rejected: Counter, support: str | None = None) -> list[dict]:
     """The reply's usable items, with `keys` only; reasons for everything dropped are added to `rejected`."""
-    problem = reply_problem(reply)
+    items, problem = reply_items(reply)
     if problem:
         rejected[problem] += 1
         return []
-    items = parse_json_list(reply)
     kept = []
     for item in items:
         values = {key: item.get(key) for key in keys}
