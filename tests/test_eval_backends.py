@@ -31,6 +31,16 @@ def test_stop_tokens_are_every_end_marker_of_the_llama3_template(backend):
     assert backend.stop_ids == ids
 
 
+def test_stop_tokens_include_any_templates_end_of_turn_token():
+    """A template whose turns end with a token no list knows of: generation must stop there too."""
+    from tenfold.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(chat_template="{% for m in messages %}<|start_header_id|>{{ m['role'] }}\n"
+                                              "{{ m['content'] }}<turn-over>\n{% endfor %}")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<turn-over>"]})
+    assert tokenizer.convert_tokens_to_ids("<turn-over>") in stop_token_ids(tokenizer)
+
+
 def test_generation_stops_at_end_of_text_though_the_eos_is_eot(backend):
     end_of_text = backend.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
     lm_head = backend.model.lm_head

@@ -5,8 +5,8 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.data.synth import synth_settings
-from tenfold.data.toy import toy_records, write_jsonl
-from tenfold.train.model import resolve_model_path
+from tenfold.toy import toy_records, write_jsonl
+from tenfold.models import resolve_model_path
 
 
 def one_line_error(capsys, argv: list[str], verb: str) -> str:

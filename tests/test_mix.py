@@ -4,8 +4,8 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.data.mix import DEFAULT_COUNTS, parse_counts
-from tenfold.data.synth import load_tokenizer
-from tenfold.data.toy import toy_records, write_jsonl
+from tenfold.models import load_tokenizer
+from tenfold.toy import toy_records, write_jsonl
 from tenfold.train.loop import train
 
 

@@ -6,9 +6,10 @@ import pytest
 from tenfold.cli import main
 from tenfold.data.prompts import TASKS
 from tenfold.data.replies import parse_json_list, valid_items
-from tenfold.data.synth import finished_ids, load_tokenizer
+from tenfold.data.synth import finished_ids
+from tenfold.models import load_tokenizer
 from tenfold.data.tokenize import encode_record
-from tenfold.data.toy import toy_records
+from tenfold.toy import toy_records
 
 TOPICS = {
     "bread": "Bakers knead the dough before bread rises in a warm oven. Sourdough bread needs a starter culture.",

@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from tenfold.data.tokenize import Encoded, RecordError, encode_record, read_jsonl
-from tenfold.data.toy import toy_records
+from tenfold.toy import toy_records
 from tenfold.tiny import build_tokenizer
 
 EOT = "<|eot_id|>"

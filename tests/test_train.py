@@ -14,7 +14,8 @@ from tenfold.recipe import load_recipe
 from tenfold.rope import rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
-from tenfold.train.merge import load_unmerged, merge
+from tenfold.models import load_run
+from tenfold.train.merge import merge
 from tenfold.train.model import load_model_for_training
 
 
@@ -76,7 +77,7 @@ def test_merge_equals_unmerged(trained, tiny_model_dir):
     merged_dir = out / "merged-2"
     merge(out / "run", merged_dir)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    unmerged, _ = load_unmerged(out / "run")
+    unmerged, _, _ = load_run(out / "run")
     unmerged.eval()
     input_ids = torch.randint(0, merged.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -8,7 +8,8 @@ from tenfold.data.tokenize import encode_record, read_jsonl
 from tenfold.train import loop
 from tenfold.train.batches import collate
 from tenfold.train.loss import CausalLMLoss
-from tenfold.train.model import load_model_for_training, load_tokenizer
+from tenfold.models import load_tokenizer
+from tenfold.train.model import load_model_for_training
 
 
 def decoder_layers(model):

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from tenfold.eval import BENCHMARKS
 from tenfold.recipe import RecipeError, load_recipe, recipe_keys
 
 # Short flags for the keys users set most; every recipe key also has its own --section.key flag.
@@ -123,11 +124,12 @@ def float_list(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-# `tenfold eval NAME`: NAME -> (function "module:name", help, its own flags). The function is called as
-# fn(backend, output_dir, **its flags) and returns a summary dict with "score". To add a benchmark, add
-# one row here whose flags' dest names are the function's keyword arguments (None = the function's default).
-EVAL_BENCHMARKS = {
-    "needle": ("tenfold.eval.needle:run_needle", "needle in a haystack (paper or original preset)", [
+# `tenfold eval NAME`: NAME (a key of tenfold.eval.BENCHMARKS, whose function is called as
+# fn(backend, output_dir, **its flags) and returns a summary dict with "score") -> (help, its own flags).
+# To add a benchmark, add it to BENCHMARKS and one row here whose flags' dest names are the function's keyword
+# arguments (None = the function's default).
+EVAL_FLAGS = {
+    "needle": ("needle in a haystack (paper or original preset)", [
         ("--preset", dict(default="paper", choices=["paper", "original"])),
         ("--lengths", dict(type=int_list, help="comma-separated context lengths in tokens (default: the preset's)")),
         ("--depths", dict(type=float_list, help="comma-separated depth percents (default: the preset's)")),
@@ -136,23 +138,23 @@ EVAL_BENCHMARKS = {
         ("--judge-model", dict(help="the judge's model name on the OpenAI-compatible endpoint")),
         ("--judge-base-url", dict(help="the judge's endpoint (default: OPENAI_BASE_URL or OpenAI)")),
         ("--training-length", dict(type=int, help="marked on the heatmap"))]),
-    "passkey": ("tenfold.eval.passkey:run_passkey", "pass key in repeated filler text (length x depth grid)", [
+    "passkey": ("pass key in repeated filler text (length x depth grid)", [
         ("--lengths", dict(type=int_list, help="comma-separated context lengths (default: 8192..131072, 20 steps)")),
         ("--depths", dict(type=float_list, help="comma-separated depth percents (default: 0, 11, ..., 100)")),
         ("--seed", dict(type=int)),
         ("--training-length", dict(type=int, help="marked on the heatmap"))]),
-    "topic": ("tenfold.eval.topic:run_topic", "LongChat topic retrieval: accuracy per number of topics", [
+    "topic": ("LongChat topic retrieval: accuracy per number of topics", [
         ("--data", dict(help="LongChat testcases dir or topic_retrieval.json (default: generated conversations)")),
         ("--num-topics", dict(type=int_list, help="comma-separated groups (default: 5,10,...,70)")),
         ("--samples", dict(type=int, help="generated records per group (default 10)")),
         ("--seed", dict(type=int))]),
-    "ruler": ("tenfold.eval.ruler:run_ruler", "RULER synthetic tasks: multi-key/value/query needles, vt, cwe", [
+    "ruler": ("RULER synthetic tasks: multi-key/value/query needles, vt, cwe", [
         ("--tasks", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: all 8)")),
         ("--lengths", dict(type=int_list, help="comma-separated (default: 4096,...,131072)")),
         ("--samples", dict(type=int, help="samples per task and length (default 20)")),
         ("--haystack", dict(help="essay text for niah_multikey_1/multivalue/multiquery (default: noise)")),
         ("--seed", dict(type=int))]),
-    "longbench": ("tenfold.eval.longbench:run_longbench", "LongBench v1 with the official prompts and metrics", [
+    "longbench": ("LongBench v1 with the official prompts and metrics", [
         ("--preset", dict(default="official", choices=["official", "paper"],
                           help="Avg over the 6 categories (official) or the 16 English datasets (paper)")),
         ("--datasets", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: the 16 English)")),
@@ -161,13 +163,13 @@ EVAL_BENCHMARKS = {
         ("--data-dir", dict(help="LongBench's <name>.jsonl files (default: data.zip from the HF hub)")),
         ("--config-dir", dict(help="LongBench/config with dataset2prompt.json, dataset2maxlen.json (default: download)")),
         ("--limit", dict(type=int, help="only the first N records of each dataset"))]),
-    "mmlu": ("tenfold.eval.mmlu:run_mmlu", "zero-shot MMLU by the answer letters' next-token scores", [
+    "mmlu": ("zero-shot MMLU by the answer letters' next-token scores", [
         ("--preset", dict(default="paper", choices=["paper", "lm-eval-harness"],
                           help="chat template + 'A', mean of subjects (paper) or raw + ' A', mean of questions")),
         ("--data", dict(help="MMLU folder (test/<subject>_test.csv) or JSONL file (default: cais/mmlu from the HF hub)")),
         ("--subjects", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: all)")),
         ("--limit", dict(type=int, help="only the first N questions of each subject"))]),
-    "infbench": ("tenfold.eval.infbench:run_infbench", "InfiniteBench longbook_qa_eng and longbook_sum_eng", [
+    "infbench": ("InfiniteBench longbook_qa_eng and longbook_sum_eng", [
         ("--preset", dict(default="paper", choices=["paper", "official"],
                           help="chat template + rouge-L (paper) or raw prompt + ROUGE-Lsum (official)")),
         ("--tasks", dict(type=lambda text: [v for v in text.split(",") if v], help="comma-separated (default: both)")),
@@ -182,8 +184,7 @@ EVAL_COMMON = {"verb", "func", "benchmark", "model", "output_dir", "backend", "r
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from importlib import import_module
-
+    from tenfold.eval import run_benchmark
     from tenfold.eval.backends import load_backend
 
     if args.benchmark == "all":
@@ -198,9 +199,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                "vllm": {"max_length": args.max_length}}[args.backend]
     backend = load_backend(args.model, args.backend, args.rope_theta, args.tokenizer,
                            **{k: v for k, v in options.items() if v is not None})
-    module, function = EVAL_BENCHMARKS[args.benchmark][0].split(":")
     kwargs = {k: v for k, v in vars(args).items() if k not in EVAL_COMMON and v is not None}
-    summary = getattr(import_module(module), function)(backend, args.output_dir, **kwargs)
+    summary = run_benchmark(args.benchmark, backend, args.output_dir, **kwargs)
     print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')}); "
           f"results in {args.output_dir}/{args.benchmark}.json")
 
@@ -277,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
-    for name, (_, help_text, flags) in EVAL_BENCHMARKS.items():
+    for name in BENCHMARKS:
+        help_text, flags = EVAL_FLAGS[name]
         bench = benchmarks.add_parser(name, help=help_text)
-        bench.add_argument("--model", required=True, help="model dir, hub id, tenfold/<name>, or a `tenfold train` output")
+        bench.add_argument("--model", required=True, help="model dir, hub id, tenfold/<name>, a .gguf file (or a "
+                           "dir holding one), or a `tenfold train` output")
         bench.add_argument("--output-dir", required=True)
         bench.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"])
         bench.add_argument("--rope-theta", type=float, help="override the RoPE base in memory (training-free extension)")

@@ -48,14 +48,14 @@ def load_shape(name: str, trust_remote_code: bool = False) -> Shape:
     """The shape from a config.json file, a model directory, `tenfold/<name>` or a hub id (config only)."""
     from transformers import AutoConfig
 
-    from tenfold.train.model import resolve_model_path
+    from tenfold.models import load_config
 
     path = Path(name)
-    if path.is_file():
+    if path.is_file() and path.suffix != ".gguf":
         fields = json.loads(path.read_text())
         config = AutoConfig.for_model(fields.pop("model_type", "llama"), **fields)
     else:
-        config = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+        config = load_config(name, trust_remote_code)
     stored = str(getattr(config, "dtype", None) or "bfloat16")
     config = config.get_text_config()
     return Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tenfold.data.toy import toy_records
+from tenfold.toy import toy_records
 
 # Llama-3-8B-Instruct's own template (trims each message, bos before the first one).
 LLAMA3_CHAT_TEMPLATE = (
@@ -28,17 +28,24 @@ SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                   "<|eot_id|>", "<|pad|>"]
 
 
-def build_tokenizer(vocab_size: int = 512, chat_template: str | None = LLAMA3_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on toy-world text: it encodes any string, like Llama-3's tokenizer."""
+def toy_texts() -> list[str]:
+    """What `tenfold/tiny-llama`'s tokenizer learns from: the chat template's role names and toy records."""
+    texts = ["user assistant system"] * 20
+    for record in toy_records(200, seed=1234):
+        texts.append(record["text"] if "text" in record else " ".join(t["content"] for t in record["conversations"]))
+    return texts
+
+
+def build_tokenizer(texts: list[str] | None = None, vocab_size: int = 512,
+                    chat_template: str | None = LLAMA3_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts` (default: toy_texts()): it encodes any string, like Llama-3's
+    tokenizer, with Llama-3's special tokens and (by default) chat template."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    texts = ["user assistant system"] * 20  # the role names the chat template writes
-    for record in toy_records(200, seed=1234):
-        texts.append(record["text"] if "text" in record else " ".join(t["content"] for t in record["conversations"]))
-    bpe.train_from_iterator(texts, trainer)
+    bpe.train_from_iterator(toy_texts() if texts is None else texts, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>",
         model_max_length=1 << 30,

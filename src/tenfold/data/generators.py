@@ -172,17 +172,14 @@ class TransformersGenerator:
     def __init__(self, model: str, max_new_tokens: int = 1024, temperature: float = 0.0,
                  context_tokens: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from tenfold.train.model import resolve_model_path
+        from tenfold.models import load_model, load_tokenizer
 
-        path = resolve_model_path(model)
         self.model, self.max_new_tokens, self.temperature = model, max_new_tokens, temperature
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = load_tokenizer(model)
         if not self.tokenizer.chat_template:
             raise ValueError(f"generator model {model} has no chat template; use an instruct model")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.llm = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+        self.llm = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu")[0].eval()
         self.context_tokens = context_tokens or getattr(self.llm.config, "max_position_embeddings", None)
         self.lock = threading.Lock()  # one generate() at a time on the one model
         self.tally = Tally()
@@ -195,7 +192,7 @@ class TransformersGenerator:
                                                         return_tensors="pt", return_dict=True).to(self.llm.device)
             sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
             output = self.llm.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
+                                       pad_token_id=self.tokenizer.pad_token_id, **sampling)
         new = output[0, inputs["input_ids"].shape[1]:]
         return Reply(self.tokenizer.decode(new, skip_special_tokens=True), inputs["input_ids"].shape[1], len(new))
 

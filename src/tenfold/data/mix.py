@@ -25,9 +25,10 @@ from pathlib import Path
 
 from tenfold.data.corpus import warn
 from tenfold.data.report import record_tokens
-from tenfold.data.synth import TOY_DATA, load_tokenizer, target_tokenizer
+from tenfold.data.synth import TOY_DATA, target_tokenizer
 from tenfold.data.tokenize import RecordError
-from tenfold.data.toy import toy_records
+from tenfold.models import load_tokenizer
+from tenfold.toy import toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
 

@@ -34,8 +34,9 @@ from tenfold.data.generators import Reply, Request, make_generator
 from tenfold.data.prompts import PROMPTS, TASKS
 from tenfold.data.replies import reply_problem, valid_items
 from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
-from tenfold.data.toy import toy_records
+from tenfold.models import load_tokenizer
 from tenfold.recipe import RecipeError, coerce
+from tenfold.toy import toy_records
 
 HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
 TOY_DATA, TOY_TOKENIZER = "tenfold/toy", "tenfold/tiny-llama"  # the shipped toy world and its tokenizer
@@ -201,15 +202,6 @@ def contexts(settings: SynthSettings, generator, count_tokens, skipped: Counter)
                                           settings.heterogeneous_clusters, settings.seed, settings.embedding_model):
             context = heterogeneous_context(group, settings)
             yield context.id, lambda c=context: c
-
-
-def load_tokenizer(name: str):
-    """The target model's tokenizer, only to count tokens."""
-    from transformers import AutoTokenizer
-
-    from tenfold.train.model import resolve_model_path
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
 def synth(settings: SynthSettings) -> dict:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tenfold.demo.world import diary, needle_case
+from tenfold.demo.world import needle_case
+from tenfold.toy import document
 from tenfold.eval.plots import heatmap
 from tenfold.eval.runner import mean, run_cases
 
@@ -46,7 +47,7 @@ def held_out_documents(tokenizer, n_documents: int, n_tokens: int, seed: str = "
     """[n_documents, n_tokens] token ids of diaries (BOS first) never seen in training (their own seed)."""
     rng, rows = random.Random(seed), []
     for _ in range(n_documents):
-        text = "\n".join(diary(n_tokens // 10, rng))  # a line is 12 tokens: more than enough lines
+        text = "\n".join(document(n_tokens // 10, rng))  # a line is 12 tokens: more than enough lines
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         rows.append([tokenizer.bos_token_id] + ids[:n_tokens - 1])
     return torch.tensor(rows)

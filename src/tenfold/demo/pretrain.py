@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from tenfold.data.tokenize import encode_record
-from tenfold.demo.world import build_tokenizer, plain_record, question_record
+from tenfold.demo.world import plain_record, question_record, world_tokenizer
 
 NATIVE_LENGTH = 256
 ROPE_THETA = 500.0
@@ -102,7 +102,7 @@ def learning_rate(step: int) -> float:
 def pretrain(out_dir: str | Path, steps: int = STEPS) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = world_tokenizer()
     model = build_model(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), weight_decay=0.01)
     start, log = 0, []

@@ -45,13 +45,13 @@ def measure(name: str, backend, out: Path, lengths: list[int], depths: list[floa
     return {"grid": grid, "loss": loss, "short": short_check(backend, out, f"{name}.short", native, sizes["short_check"])}
 
 
-def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> Path:
+def make_training_data(out: Path, model: str, native: int, sizes: dict) -> Path:
     """Long toy documents -> `tenfold synth` (offline generator, every fact asked in its own turn) ->
     `tenfold mix` with long plain diaries and short questions: half long conversations, a third plain
     text, the rest short questions (the recipe's demo: section sets the counts and lengths)."""
     from tenfold.data.mix import mix
     from tenfold.data.synth import synth, synth_settings
-    from tenfold.data.toy import write_jsonl
+    from tenfold.toy import write_jsonl
 
     data = out / "data"
     mixed = data / "train.jsonl"
@@ -62,7 +62,7 @@ def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> 
     corpus = synth_corpus(data / "corpus", sizes["conversations"], shortest, longest, fewest, most, seed=1)
     synthetic = data / "synth.jsonl"
     synth(synth_settings(None, {"corpus": str(corpus), "output": str(synthetic), "generator": "offline",
-                                "tasks": sizes["synth_tasks"], "tokenizer": model_path, "min_tokens": native // 2,
+                                "tasks": sizes["synth_tasks"], "tokenizer": model, "min_tokens": native // 2,
                                 "max_tokens": FACTOR * native, "questions_per_chunk": most,
                                 "multi_detail_questions": most // 2, "seed": 1}))
     rng = random.Random("demo-data")
@@ -71,18 +71,16 @@ def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> 
     short = write_jsonl([question_record(rng.randint(0, native // LINE_TOKENS - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
                                          record_id=f"short-{i}") for i in range(sizes["short"])], data / "short.jsonl")
     mix(mixed, [str(synthetic)], [str(short)], [str(plain)], {"synthetic": "all", "instruct": "all", "plain": "all"},
-        seed=1, tokenizer=model_path, max_length=FACTOR * native)
+        seed=1, tokenizer=model, max_length=FACTOR * native)
     return mixed
 
 
 def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor: float | None = None) -> dict:
     """Run the demo into output_dir; returns what results.json holds."""
-    from transformers import AutoConfig
-
     from tenfold.eval.backends import load_backend
+    from tenfold.models import load_config
     from tenfold.recipe import load_recipe
     from tenfold.train.loop import train
-    from tenfold.train.model import resolve_model_path
 
     started, timings = time.perf_counter(), {}
     out = Path(output_dir)
@@ -90,8 +88,7 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
     raw = yaml.safe_load(recipe_path().read_text())
     sizes = {**raw.get("demo", {}), **(QUICK if quick else {})}
     factor = float(rope_factor or raw["rope"]["theta_factor"])
-    model_path = resolve_model_path(BASE_MODEL)
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_config(BASE_MODEL)
     native, theta = config.max_position_embeddings, float(config.rope_theta if hasattr(config, "rope_theta")
                                                           else config.rope_parameters["rope_theta"])
     lengths = [native * k for k in sizes.get("lengths", range(1, FACTOR + 1))]
@@ -112,7 +109,7 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
     rows["rope_only"] = stage("RoPE base raised, no training", lambda: measure(
         "rope_only", load_backend(BASE_MODEL, rope_theta=theta * factor, **options), out / f"rope-x{factor:g}",
         lengths, depths, sizes, native, f"RoPE base x{factor:g} ({theta * factor:g}), no training"))
-    data = stage("synth + mix", lambda: make_training_data(out, model_path, native, sizes))
+    data = stage("synth + mix", lambda: make_training_data(out, BASE_MODEL, native, sizes))
     run_dir = out / f"train-x{factor:g}"
     overrides = {"data.train_files": [str(data)], "train.output_dir": str(run_dir), "rope.theta_factor": factor}
     if quick:

@@ -1,6 +1,6 @@
 """The demo's toy world: diary documents holding facts, the questions asked about them, and its tokenizer.
 
-Documents are lines of `tenfold.data.toy` ("day 37 : the red fox paints two gold doors ."): the
+Documents are lines of `tenfold.toy` ("day 37 : the red fox paints two gold doors ."): the
 day rises by one a line and the plural agrees with the count, so the next word depends on what came
 before and on position. Facts are "the number of anna is 42 ." -- the sentence shape that
 `tenfold synth`'s offline generator turns into "what is the number of anna ?" / "42". A question
@@ -14,12 +14,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from tenfold.data.extractive import extract
-from tenfold.data.toy import NAMES, diary_line
-from tenfold.tiny import LLAMA3_CHAT_TEMPLATE, SPECIAL_TOKENS
+from tenfold.toy import NAMES, document
+from tenfold.tiny import build_tokenizer
 
 LINE_TOKENS = 12  # tokens of one diary line with its newline, in the world's tokenizer (checked by the tests)
 
@@ -30,11 +29,6 @@ def fact_sentence(name: str, value: int) -> str:
 
 def question(name: str) -> str:
     return f"what is the number of {name} ?"
-
-
-def diary(n_lines: int, rng: random.Random) -> list[str]:
-    start = rng.randrange(100)
-    return [diary_line(start + i, rng) for i in range(n_lines)]
 
 
 def place_facts(lines: list[str], facts: dict[str, int], rng: random.Random, edge_prob: float = 0.0,
@@ -58,7 +52,7 @@ def question_record(n_lines: int, n_facts: int, n_questions: int, rng: random.Ra
     """A conversation about a document with n_facts facts; n_questions of them asked, one a turn."""
     names = rng.sample(NAMES, n_facts)
     facts = {name: rng.randrange(10, 100) for name in names}
-    lines = place_facts(diary(n_lines, rng), facts, rng, edge_prob)
+    lines = place_facts(document(n_lines, rng), facts, rng, edge_prob)
     turns = []
     for i, name in enumerate(rng.sample(names, min(n_questions, n_facts))):
         turns.append({"role": "user", "content": "\n".join(lines) + "\n\n" + question(name) if i == 0 else question(name)})
@@ -68,7 +62,7 @@ def question_record(n_lines: int, n_facts: int, n_questions: int, rng: random.Ra
 
 def plain_record(n_lines: int, rng: random.Random, n_facts: int = 0, record_id: str = "toy-doc") -> dict:
     facts = {name: rng.randrange(10, 100) for name in rng.sample(NAMES, n_facts)}
-    return {"id": record_id, "source": "toy", "text": "\n".join(place_facts(diary(n_lines, rng), facts, rng))}
+    return {"id": record_id, "source": "toy", "text": "\n".join(place_facts(document(n_lines, rng), facts, rng))}
 
 
 def prompt_tokens(tokenizer, prompt: str) -> int:
@@ -84,7 +78,7 @@ def needle_case(tokenizer, length: int, depth: float, rng: random.Random, case_i
     overhead = prompt_tokens(tokenizer, fact_sentence(name, value) + "\n\n" + question(name))
     n_lines = max(1, (length - overhead) // LINE_TOKENS)
     while True:
-        lines = place_facts(diary(n_lines, rng), {name: value}, rng, depths=[depth / 100])
+        lines = place_facts(document(n_lines, rng), {name: value}, rng, depths=[depth / 100])
         prompt = "\n".join(lines) + "\n\n" + question(name)
         used = prompt_tokens(tokenizer, prompt)
         if used <= length or n_lines == 1:
@@ -112,10 +106,10 @@ def tokenizer_texts(seed: int = 1234) -> list[str]:
     for i in range(300):
         record = question_record(rng.randint(4, 30), rng.randint(1, 4), 3, rng)
         texts.append(render_plain(record["conversations"]))
-        document = plain_record(rng.randint(10, 40), rng, n_facts=4)["text"]
-        texts.append(document)
+        text = plain_record(rng.randint(10, 40), rng, n_facts=4)["text"]
+        texts.append(text)
         for task in ("single_detail", "multi_detail"):
-            texts.append(extract(task, [document], 4))
+            texts.append(extract(task, [text], 4))
     return texts
 
 
@@ -124,18 +118,8 @@ def render_plain(turns: list[dict]) -> str:
     return "".join(f"{t['role']}\n\n{t['content'].strip()}" for t in turns)
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the toy world (so it encodes any string, like Llama-3's) with Llama-3's
-    special tokens and chat template. Every word of the world, and every two-digit number both after a
-    space (in documents) and alone (an answer), is one token."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+def world_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """`tiny.build_tokenizer` trained on the toy world: every word of the world, and every two-digit number both
+    after a space (in documents) and alone (an answer), is one token."""
     numbers = [" ".join(f"{n}" for n in range(100))] * 20 + ["\n\n".join(f"{n}" for n in range(100))] * 20
-    bpe.train_from_iterator(tokenizer_texts() + numbers, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                        pad_token="<|pad|>", model_max_length=1 << 30)
-    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
-    return tokenizer
+    return build_tokenizer(tokenizer_texts() + numbers, vocab_size)

@@ -2,18 +2,21 @@
 
 Every benchmark talks to one `Backend`: `generate` (greedy, stops at every end token the chat
 template uses, returns the completions only) and, for the transformers backend,
-`next_token_logprobs` (MMLU). `load_backend` accepts a model directory, a hub id, `tenfold/<name>`
-or the output of `tenfold train` (base + adapter, unmerged), and can override the RoPE base in
+`next_token_logprobs` (MMLU). `load_backend` accepts a model directory, a hub id, `tenfold/<name>`, a
+GGUF file or the output of `tenfold train` (base + adapter, unmerged), and can override the RoPE base in
 memory so a training-free extension is measured with the same code as a trained one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
+
+from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
+                            resolve_model_path)
+from tenfold.recipe import RopeSettings
 
 # End-of-turn / end-of-text markers of the common chat templates. Llama-3's generation config stops at
 # both <|end_of_text|> and <|eot_id|>; a tokenizer whose eos is only one of them would run on past the
@@ -22,14 +25,10 @@ END_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|en
               "<|end|>", "</s>")
 
 
-def is_adapter_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "tenfold.json").is_file() or (path / "adapter" / "tenfold.json").is_file()
-
-
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
-    """The eos ids of the generation config and tokenizer plus every known end marker in the vocabulary."""
-    ids = set()
+    """The eos ids of the generation config and tokenizer, the chat template's end-of-turn token, and every
+    known end marker in the vocabulary."""
+    ids = {end_of_turn_token(tokenizer)} - {None}
     eos = getattr(generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -85,15 +84,12 @@ class Backend:
 
 def model_identity(model: str) -> dict:
     """A local model by its absolute path, a hub id as is; a `tenfold train` output also by its adapter."""
-    from tenfold.train.model import resolve_model_path
-
     path = resolve_model_path(model)
     if not Path(path).exists():
         return {"model": path}
     identity = {"model": str(Path(path).resolve())}
     if is_adapter_dir(path):
         from tenfold.eval.runner import file_sha256
-        from tenfold.train.merge import adapter_dir
 
         weights = adapter_dir(path) / "adapter_model.safetensors"
         identity["adapter_sha256"] = file_sha256(weights) if weights.is_file() else None
@@ -104,8 +100,6 @@ class TransformersBackend(Backend):
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", device: str | None = None, batch_size: int = 8,
                  max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa"):
-        from tenfold.train.model import load_tokenizer, resolve_model_path
-
         self.name, self.tokenizer_name = model, tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
@@ -113,47 +107,17 @@ class TransformersBackend(Backend):
             dtype = "bfloat16" if cuda_bf16 else "float32"
         path = resolve_model_path(model)
         if is_adapter_dir(path):
-            self.model, self.rope = self._load_adapter(path, rope_theta, dtype)
-            from tenfold.train.merge import adapter_dir
+            self.model, _, self.rope = load_run(path, dtype, rope_theta)
             tokenizer = tokenizer or str(adapter_dir(path))  # `tenfold train` saves the tokenizer with the adapter
         else:
-            self.model, self.rope = self._load_model(path, rope_theta, dtype, attn_implementation)
+            rope = RopeSettings(theta=rope_theta) if rope_theta else None
+            self.model, self.rope = load_model(path, rope, dtype=dtype, attn_implementation=attn_implementation)
         self.model.to(self.device).eval()
         self.tokenizer = load_tokenizer(tokenizer or path)
         self.tokenizer.padding_side = "left"
         self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.max_length = max_length or self.model.config.max_position_embeddings
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
-
-    @staticmethod
-    def _load_model(path: str, rope_theta: float | None, dtype: str, attn_implementation: str):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from tenfold.recipe import RopeSettings
-        from tenfold.rope import apply_rope, current_rope
-
-        config = AutoConfig.from_pretrained(path)
-        rope = apply_rope(config, RopeSettings(theta=rope_theta)) if rope_theta else current_rope(config)
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=getattr(torch, dtype),
-                                                     attn_implementation=attn_implementation)
-        return model, rope
-
-    @staticmethod
-    def _load_adapter(path: str, rope_theta: float | None, dtype: str):
-        from peft import PeftModel
-
-        from tenfold.recipe import recipe_from_dict
-        from tenfold.train.merge import adapter_dir, load_unmerged
-        from tenfold.train.model import load_base_model
-
-        if rope_theta is None:
-            model, meta = load_unmerged(path, dtype)
-            return model, meta["rope_parameters"]
-        adapter = adapter_dir(path)  # as load_unmerged, with the recipe's RoPE base replaced
-        recipe = recipe_from_dict(json.loads((adapter / "tenfold.json").read_text())["recipe"])
-        recipe.rope.theta = rope_theta
-        base, rope = load_base_model(recipe, torch.device("cpu"), quantize=False, dtype=getattr(torch, dtype))
-        return PeftModel.from_pretrained(base, adapter), rope
 
     def describe(self) -> dict:
         return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids, "dtype": str(self.model.dtype)}
@@ -248,7 +212,6 @@ class OpenAIBackend(Backend):
                                               api_key=os.environ.get(api_key_env, "EMPTY"))
         self.max_length, self.system_prompt = max_length, system_prompt
         if tokenizer:
-            from tenfold.train.model import load_tokenizer
             self.tokenizer = load_tokenizer(tokenizer)
 
     def identity(self) -> dict:
@@ -285,8 +248,6 @@ class VLLMBackend(Backend):
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
                  max_length: int | None = None, **engine_options):
         from vllm import LLM  # noqa: F401  (ImportError says what to install)
-
-        from tenfold.train.model import load_tokenizer, resolve_model_path
 
         path = resolve_model_path(model)
         if is_adapter_dir(path):

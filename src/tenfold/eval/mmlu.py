@@ -19,15 +19,11 @@ else from the Hugging Face hub (cais/mmlu, config "all", split "test").
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from tenfold.data.tokenize import read_jsonl
-from tenfold.eval.runner import claim_predictions, load_finished, write_outputs
+from tenfold.eval.runner import claim_predictions, resume_cases, write_outputs
 
 LETTERS = ("A", "B", "C", "D")
 PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
@@ -166,23 +162,17 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
     out.mkdir(parents=True, exist_ok=True)
     path = out / "mmlu.predictions.jsonl"
     claim_predictions(backend, path, {"preset": preset, "data": data}, overwrite)
-    finished = load_finished(path)
-    todo = [q for q in questions if q["id"] not in finished]
-    chunk = max(1, getattr(backend, "batch_size", 8))
-    with open(path, "a") as log, tqdm(total=len(questions), initial=len(questions) - len(todo), desc="mmlu") as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            logprobs = backend.next_token_logprobs([format_prompt(q) + appended for q in batch], chat=settings["chat"])
-            for q, row in zip(batch, logprobs[:, letter_ids].tolist()):
-                prediction = max(range(4), key=lambda i: row[i])
-                record = {**q, "letter_logprobs": row, "prediction": prediction, "correct": int(prediction == q["answer"])}
-                finished[q["id"]] = record
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            bar.update(len(batch))
 
-    records = [finished[q["id"]] for q in questions]
+    def predict(batch: list[dict]) -> list[dict]:
+        logprobs = backend.next_token_logprobs([format_prompt(q) + appended for q in batch], chat=settings["chat"])
+        records = []
+        for q, row in zip(batch, logprobs[:, letter_ids].tolist()):
+            prediction = max(range(4), key=lambda i: row[i])
+            records.append({**q, "letter_logprobs": row, "prediction": prediction,
+                            "correct": int(prediction == q["answer"])})
+        return records
+
+    records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
     summary = {"benchmark": "mmlu", "model": backend.describe(), "preset": preset,
                "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"])}
     return write_outputs(out, "mmlu", records, summary)

@@ -73,7 +73,7 @@ PRESETS = {
 def read_haystack(haystack: str | Path | None, min_chars: int = 0) -> str:
     """The haystack text: a file, a directory of *.txt (sorted), 'paul-graham', or 'toy' (generated)."""
     if haystack in (None, "toy"):
-        from tenfold.data.toy import document
+        from tenfold.toy import document
 
         rng, lines = random.Random(0), []
         while sum(len(line) + 1 for line in lines) < max(min_chars, 1):

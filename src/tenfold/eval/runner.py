@@ -122,6 +122,30 @@ def claim_predictions(backend, predictions_path: str | Path, settings: dict, ove
     return key
 
 
+def resume_cases(cases: list[dict], predictions_path: str | Path, predict: Callable[[list[dict]], list[dict]],
+                 batch_size: int, desc: str, sort_key: Callable[[dict], int] | None = None) -> list[dict]:
+    """Run `predict` (a batch of cases -> their records, each with the case's "id") on every case not yet in
+    predictions_path, `batch_size` at a time (in `sort_key` order), appending each batch's records as soon as
+    it is done; returns all records in case order."""
+    path = Path(predictions_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finished = load_finished(path)
+    todo = [case for case in cases if case["id"] not in finished]
+    if sort_key is not None:
+        todo.sort(key=sort_key)
+    batch_size = max(1, batch_size)
+    with open(path, "a") as log, tqdm(total=len(cases), initial=len(cases) - len(todo), desc=desc) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for record in predict(batch):
+                finished[record["id"]] = record
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            bar.update(len(batch))
+    return [finished[case["id"]] for case in cases]
+
+
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,
               score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval") -> list[dict]:
     """Generate and score every case not yet in predictions_path; returns all records in case order.
@@ -129,31 +153,19 @@ def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_
     A case may carry an "answer_prefix": text placed after the chat template, starting the answer.
     A record is the case without its prompt, plus "prediction" and what `score` returns.
     """
-    path = Path(predictions_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    finished = load_finished(path)
-    todo = [case for case in cases if case["id"] not in finished]
-    todo.sort(key=lambda case: len(case["prompt"]))  # similar lengths share a batch
-    chunk = max(1, getattr(backend, "batch_size", 8))
-    with open(path, "a") as log, tqdm(total=len(cases), initial=len(cases) - len(todo), desc=desc) as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            prompts = [case["prompt"] for case in batch]
-            if any("answer_prefix" in case for case in batch):  # text that starts the answer (RULER)
-                prefixes = [case.get("answer_prefix", "") for case in batch]
-                predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes)
-            else:
-                predictions = backend.generate(prompts, max_new_tokens, chat=chat)
-            for case, prediction in zip(batch, predictions):
-                record = {k: v for k, v in case.items() if k != "prompt"}
-                record["prediction"] = prediction
-                record.update(score(case, prediction))
-                finished[case["id"]] = record
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            bar.update(len(batch))
-    return [finished[case["id"]] for case in cases]
+    def predict(batch: list[dict]) -> list[dict]:
+        prompts = [case["prompt"] for case in batch]
+        if any("answer_prefix" in case for case in batch):  # text that starts the answer (RULER)
+            prefixes = [case.get("answer_prefix", "") for case in batch]
+            predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes)
+        else:
+            predictions = backend.generate(prompts, max_new_tokens, chat=chat)
+        return [{**{k: v for k, v in case.items() if k != "prompt"}, "prediction": prediction,
+                 **score(case, prediction)} for case, prediction in zip(batch, predictions)]
+
+    # similar lengths share a batch
+    return resume_cases(cases, predictions_path, predict, getattr(backend, "batch_size", 8), desc,
+                        sort_key=lambda case: len(case["prompt"]))
 
 
 def write_outputs(output_dir: str | Path, name: str, records: list[dict], summary: dict) -> dict:

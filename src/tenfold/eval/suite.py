@@ -22,22 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import import_module
 from pathlib import Path
 
 import yaml
 
+from tenfold.eval import BENCHMARKS, run_benchmark
 from tenfold.eval.backends import load_backend
 
-BENCHMARKS = {
-    "needle": "tenfold.eval.needle:run_needle",
-    "passkey": "tenfold.eval.passkey:run_passkey",
-    "topic": "tenfold.eval.topic:run_topic",
-    "ruler": "tenfold.eval.ruler:run_ruler",
-    "longbench": "tenfold.eval.longbench:run_longbench",
-    "infbench": "tenfold.eval.infbench:run_infbench",
-    "mmlu": "tenfold.eval.mmlu:run_mmlu",
-}
 BREAKDOWNS = ("by_length", "by_num_topics", "by_category", "by_task", "by_dataset")  # per-benchmark detail rows
 
 
@@ -94,8 +85,7 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
         backend = load_backend(spec.pop("model"), spec.pop("backend", "transformers"), spec.pop("rope_theta", None),
                                spec.pop("tokenizer", None), **spec)
         for benchmark, options in settings["benchmarks"].items():
-            module, function = BENCHMARKS[benchmark].split(":")
-            summary = getattr(import_module(module), function)(backend, out / model_name, **(options or {}))
+            summary = run_benchmark(benchmark, backend, out / model_name, **(options or {}))
             summaries.setdefault(benchmark, {})[model_name] = summary
             for row, value in summary_rows(benchmark, summary).items():
                 rows.setdefault(row, {})[model_name] = value

@@ -15,7 +15,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tenfold.data import tokenize
 from tenfold.data.tokenize import RecordError, encode_record, read_jsonl
-from tenfold.data.toy import toy_records, write_jsonl
+from tenfold.toy import toy_records, write_jsonl
 from tenfold.recipe import Recipe
 
 FEATURES = datasets.Features({

@@ -32,10 +32,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.loss import CausalLMLoss
-from tenfold.train.model import load_model_for_training, load_tokenizer, mixed_precision
+from tenfold.train.model import load_model_for_training, mixed_precision
 
 
 class NonFiniteLossError(RuntimeError):

@@ -7,37 +7,11 @@ new RoPE base in both layouts.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import torch
-from peft import PeftModel
-
-from tenfold.recipe import recipe_from_dict
+from tenfold.models import adapter_dir, check_rope, load_run, load_tokenizer
 from tenfold.rope import write_rope_to_config_file
-from tenfold.train.model import check_rope, load_base_model, load_tokenizer
-
-
-def adapter_dir(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    for candidate in (run_dir / "adapter", run_dir):
-        if (candidate / "tenfold.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"{run_dir} holds no tenfold adapter (expected {run_dir}/adapter/tenfold.json); "
-                            f"pass the output directory of `tenfold train`")
-
-
-def load_unmerged(run_dir: str | Path, dtype: str = "auto"):
-    """The base model with the adapter applied but not merged (for comparisons); returns (model, meta)."""
-    adapter = adapter_dir(run_dir)
-    meta = json.loads((adapter / "tenfold.json").read_text())
-    recipe = recipe_from_dict(meta["recipe"], str(adapter / "tenfold.json"))
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    base, rope = load_base_model(recipe, torch.device("cpu"), quantize=False, dtype=torch_dtype)
-    if rope != meta["rope_parameters"]:
-        raise RuntimeError(f"RoPE rebuilt from the recipe {rope} differs from the adapter's {meta['rope_parameters']}")
-    return PeftModel.from_pretrained(base, adapter), meta
 
 
 def merge(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", overwrite: bool = False) -> Path:
@@ -48,7 +22,7 @@ def merge(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", over
     """
     output_dir = Path(output_dir)
     check_output_dir(run_dir, output_dir, overwrite)
-    model, meta = load_unmerged(run_dir, dtype)
+    model, meta, _ = load_run(run_dir, dtype)
     merged = model.merge_and_unload()
     check_rope(merged, meta["rope_parameters"])
     if output_dir.exists():

@@ -1,38 +1,19 @@
-"""Load a base model for training: RoPE applied, 4-bit/8-bit/full base, LoRA and fully trained extras."""
+"""Load a base model for training: RoPE applied, 4-bit/8-bit/full base, LoRA and fully trained extras.
+
+Tied embeddings (SmolLM2, Gemma, small Qwens: the LM head is the input embedding's matrix): training
+`embed_tokens` trains that one shared matrix, and the head follows it (peft's `ensure_weight_tying`);
+the label-sparse loss reads the head's weight, which is then the trained matrix, and the merged model
+stays tied. Training the head alone of a tied model is refused: it would silently untie the two.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from tenfold.recipe import LoraSettings, ModelSettings, Recipe
-from tenfold.rope import apply_rope, rotary_inv_freq
+from tenfold.models import load_model
+from tenfold.recipe import LoraSettings, Recipe
 from tenfold.train.rms_norm import lean_rms_norms
 from tenfold.train.tiled_mlp import tile_mlps
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-def resolve_model_path(name: str) -> str:
-    """`tenfold/<name>` is a model shipped inside the package; a name that exists here is a local path; one
-    that looks like a path (starts with /, ./, ../ or ~, or has more than one /) and does not exist is an
-    error naming it; anything else is a hub id, given to transformers as is."""
-    if name.startswith("tenfold/"):
-        path = ASSETS / name.removeprefix("tenfold/")
-        if not path.is_dir():
-            shipped = ", ".join(sorted(f"tenfold/{p.name}" for p in ASSETS.iterdir() if p.is_dir()))
-            raise FileNotFoundError(f"no model {name!r} in the package; shipped: {shipped}")
-        return str(path)
-    local = Path(name).expanduser()
-    if local.exists():
-        return str(local) if name.startswith("~") else name
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name}: no such file or folder; give an existing local path, or a hub id "
-                                f"like meta-llama/Meta-Llama-3-8B-Instruct")
-    return name
 
 
 def mixed_precision(recipe: Recipe, on_gpu: bool | None = None) -> str:
@@ -55,68 +36,19 @@ def compute_dtype(recipe: Recipe, on_gpu: bool | None = None) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(recipe, on_gpu), torch.float32)
 
 
-def attention_implementation(settings: ModelSettings, device: torch.device) -> str:
-    if settings.attn_implementation != "auto":
-        return settings.attn_implementation
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def quantization_config(settings: ModelSettings, dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    if settings.quantization == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
-    if settings.quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_base_model(recipe: Recipe, device: torch.device, quantize: bool = True, dtype: torch.dtype | str | None = None):
     """The base model with the recipe's RoPE in its config; returns (model, rope parameters).
 
     `dtype` overrides the recipe's (merge passes "auto": the dtype the checkpoint was saved in).
     """
     settings = recipe.model
-    path = resolve_model_path(settings.name)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
-    rope = apply_rope(config, recipe.rope, recipe.data.max_length)
-    dtype = dtype or compute_dtype(recipe)
-    quant = quantization_config(settings, dtype) if quantize and settings.quantization != "none" else None
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=dtype, quantization_config=quant,
-        attn_implementation=attention_implementation(settings, device),
-        device_map={"": device} if quant is not None else None,
-        trust_remote_code=settings.trust_remote_code,
-    )
-    if quant is None:
-        model.to(device)
-    check_rope(model, rope)
-    return model, rope
-
-
-def check_rope(model, rope: dict) -> None:
-    """Fail loudly if the live rotary embedding does not rotate with the requested base."""
-    live = model.config.rope_parameters
-    if live.get("rope_theta") != rope["rope_theta"] or live.get("rope_type") != rope["rope_type"]:
-        raise RuntimeError(f"the model's config overrode the requested RoPE {rope} with {live}")
-    inv_freq = rotary_inv_freq(model)
-    head_dim = 2 * inv_freq.numel()
-    if rope["rope_type"] == "default":
-        expected = 1.0 / rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        if not torch.allclose(inv_freq.double(), expected, rtol=1e-5):
-            raise RuntimeError(f"the model rotates with a RoPE base other than {rope['rope_theta']}")
+    return load_model(settings.name, recipe.rope, recipe.data.max_length, dtype or compute_dtype(recipe), device,
+                      settings.quantization if quantize else "none", settings.attn_implementation,
+                      settings.trust_remote_code)
 
 
 def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
-    from peft import LoraConfig, get_peft_model  # here, not at the top: synth resolves model names without peft
+    from peft import LoraConfig, get_peft_model  # here, not at the top: `tenfold plan` imports this module
 
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no requires_grad on the inputs and works with frozen 4-bit layers.
@@ -127,7 +59,7 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=settings.targets, modules_to_save=settings.extra_trainable or None,
-                        task_type="CAUSAL_LM")
+                        task_type="CAUSAL_LM", ensure_weight_tying=trains_tied_embedding(model, settings))
     model = get_peft_model(model, config)
     # The optimizer must update fp32 copies: a bf16 embedding would swallow updates of lr 5e-5.
     for param in model.parameters():
@@ -135,6 +67,19 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
             param.data = param.data.float()
     cast_trained_module_outputs(model)
     return model
+
+
+def trains_tied_embedding(model, settings: LoraSettings) -> bool:
+    """Whether the recipe trains a matrix the input embedding and the LM head share (see the module's doc)."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return False
+    names = {name.rsplit(".", 1)[-1] for name in settings.extra_trainable}
+    embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()).rsplit(".", 1)[-1]
+    head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()).rsplit(".", 1)[-1]
+    if head in names and embedding not in names:
+        raise ValueError(f"lora.extra_trainable: {head} shares its matrix with {embedding} in this model "
+                         f"(tie_word_embeddings); train {embedding} instead (the head follows it)")
+    return embedding in names
 
 
 def cast_trained_module_outputs(model) -> None:

@@ -1,0 +1,61 @@
+"""The import graph of src/tenfold runs one way: cli -> demo -> the verbs (data, train, eval, plan) -> the
+shared modules (models, recipe, rope, toy, tiny), which may import each other. A verb reaches another
+verb's internals only along the few documented edges below; nothing imports upward."""
+
+import ast
+from pathlib import Path
+
+import tenfold
+
+SRC = Path(tenfold.__file__).resolve().parent
+FLOORS = {"cli": 3, "demo": 2, "data": 1, "train": 1, "eval": 1, "plan": 1,
+          "models": 0, "recipe": 0, "rope": 0, "toy": 0, "tiny": 0, "__init__": 0}
+# Verb -> verb imports that are the pipeline's data flow, not a shared concern living in the wrong place:
+# train reads the records data writes (data.tokenize), eval's benchmarks read JSONL with the same reader,
+# and plan sizes train's step (its loss chunk and compute dtype).
+SIDEWAYS = {("train", "data"), ("eval", "data"), ("plan", "train")}
+
+
+def unit(module: str) -> str:
+    """The floor-holder of a dotted module under tenfold: its package (data, eval, ...) or top-level module."""
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def imports(path: Path) -> set[str]:
+    """Every tenfold module the file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tenfold":
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "tenfold")
+    return found
+
+
+def upward_imports(src: Path = SRC) -> list[str]:
+    wrong = []
+    for path in sorted(src.rglob("*.py")):
+        module = ".".join(("tenfold", *path.relative_to(src).with_suffix("").parts))
+        here = unit(module)
+        assert here in FLOORS, f"{path}: give {here} a floor in FLOORS"
+        for target in imports(path):
+            there = unit(target)
+            if there == here or FLOORS[there] < FLOORS[here] or FLOORS[there] == FLOORS[here] == 0 \
+                    or (here, there) in SIDEWAYS:
+                continue
+            wrong.append(f"{module} imports {target}")
+    return wrong
+
+
+def test_no_import_runs_up_a_floor_or_sideways_outside_the_documented_edges():
+    assert upward_imports() == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    for name in ("models.py", "recipe.py"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synth.py").write_text("def f():\n    from tenfold.train.model import load_base_model\n")
+    (tmp_path / "models.py").write_text("from tenfold.eval import BENCHMARKS\n")
+    assert upward_imports(tmp_path) == ["tenfold.data.synth imports tenfold.train.model",
+                                        "tenfold.models imports tenfold.eval"]
