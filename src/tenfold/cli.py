@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from tenfold.recipe import RecipeError, load_recipe, recipe_keys
+from tenfold.errors import debug_requested, one_line
+from tenfold.recipe import load_recipe, recipe_keys
 
 # Short flags for the keys users set most; every recipe key also has its own --section.key flag.
 ALIASES = {"output_dir": "train.output_dir", "data": "data.train_files", "max_steps": "train.max_steps",
@@ -205,8 +206,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
           f"results in {args.output_dir}/{args.benchmark}.json")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenfold", description="Extend a causal LM's context window ten-fold.")
+    parser = Parser(prog="tenfold", description="Extend a causal LM's context window ten-fold.")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # main() reads it from argv
+                        help="show the traceback of an error (anywhere on the line; or TENFOLD_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="QLoRA context extension with a raised RoPE base")
@@ -245,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(its model.name: the tokenizer)")
     synth.add_argument("--model", help="the generator's model (openai, transformers)")
     synth.add_argument("--base-url", dest="base_url", help="OpenAI-compatible endpoint; key from $OPENAI_API_KEY")
-    synth.add_argument("--concurrency", type=int, help="requests in flight (openai; default 8)")
+    synth.add_argument("--concurrency", type=int, help="requests in flight at most (openai; default 32; halved "
+                       "on a 429 and grown back on successes)")
+    synth.add_argument("--requests-per-minute", dest="requests_per_minute", type=float,
+                       help="the provider's request limit (openai; default: none)")
+    synth.add_argument("--tokens-per-minute", dest="tokens_per_minute", type=float,
+                       help="the provider's token limit, prompt + max_new_tokens per request (openai; default: none)")
     synth.add_argument("--request-timeout", dest="request_timeout", type=float,
                        help="seconds before a request is given up and retried (openai; default 600)")
     synth.add_argument("--max-contexts", dest="max_contexts", type=int, help="stop after this many records' contexts")
@@ -300,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args([a for a in argv if a != "--debug"])
     try:
         for flag in unknown:  # an unknown --section.key gets the recipe's message, with the allowed keys
             if flag.startswith("--") and "." in flag:
@@ -309,8 +327,11 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.func(args)
-    except (RecipeError, FileNotFoundError, ValueError) as e:
-        print(f"tenfold {args.verb}: error: {e}", file=sys.stderr)
+    except Exception as e:  # a user error is one line, exit 2; a bug keeps its traceback
+        message = one_line(e)
+        if debug or message is None:
+            raise
+        print(f"tenfold {args.verb}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

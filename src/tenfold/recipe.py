@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from tenfold.errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError):
     pass
 
 

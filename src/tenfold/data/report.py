@@ -55,6 +55,7 @@ def write_report(output: Path, settings, generator, tokenizer, skipped: Counter,
         "documents_skipped": dict(skipped),
         "rejected": dict(rejected),
         "requests": tally | {"cached_replies": stats["cached_replies"], "cost": round(cost, 6)},
+        "limits": generator.limiter.summary() if hasattr(generator, "limiter") else None,  # openai only
         "record_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0),
                           "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0, "total": sum(lengths)},
         "histogram": str(output) + ".lengths.png",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tenfold.errors import UserError
+
 ROLES = ("user", "assistant", "system")
 MIN_TAIL_TOKENS = 32  # kept at the end of a first user turn that has no "\n\n" before its question
 
@@ -26,7 +28,7 @@ class Encoded:
     truncated: bool  # True if tokens were removed to fit max_length
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record (or a line of a JSONL file) is malformed."""
 
 
