@@ -26,7 +26,7 @@ from pathlib import Path
 from tenfold.data.corpus import warn
 from tenfold.data.report import record_tokens
 from tenfold.data.synth import TOY_DATA, load_tokenizer, target_tokenizer
-from tenfold.data.tokenize import RecordError
+from tenfold.data.tokenize import RecordError, text_line
 from tenfold.data.toy import toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
@@ -53,16 +53,21 @@ def parse_counts(text: str | dict | None) -> dict:
 
 
 class JsonlRows:
-    """A JSONL file's records by index, read from their byte offsets when asked for."""
+    """A JSONL file's records by index, read from their byte offsets when asked for. A file that is empty,
+    binary or not UTF-8 is refused here, naming the line; a line that is not JSON is skipped when read."""
 
     def __init__(self, path: Path):
-        self.path, self.offsets = path, []
+        self.path, self.offsets, self.lines = path, [], []
         with open(path, "rb") as f:
             offset = 0
-            for line in f:
-                if line.strip():
+            for number, line in enumerate(f, start=1):
+                if text_line(path, number, line).strip():
                     self.offsets.append(offset)
+                    self.lines.append(number)
                 offset += len(line)
+        if not self.offsets:
+            raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
+                              f"or leave it out")
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -73,8 +78,9 @@ class JsonlRows:
             line = f.readline()
         try:
             return json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RecordError(f"{self.path}, record {index + 1}: not valid JSON ({e}); fix or remove that line") from None
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{self.path}, line {self.lines[index]}: not valid JSON ({e.msg}); "
+                              f"fix or remove that line") from None
 
 
 def open_source(name: str, kind: str = "synthetic"):

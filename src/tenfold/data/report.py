@@ -61,6 +61,8 @@ def write_report(output: Path, settings, generator, tokenizer, skipped: Counter,
         "histogram": str(output) + ".lengths.png",
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
     }
-    Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+    from tenfold.data.synth import write_atomic
+
+    write_atomic(Path(str(output) + ".summary.json"), json.dumps(summary, indent=2), "--output")
     plot_lengths(lengths, Path(summary["histogram"]), f"{sum(tasks_in_output.values())} records in {output.name}")
     return summary

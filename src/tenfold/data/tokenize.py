@@ -32,10 +32,41 @@ class RecordError(UserError):
     """A record (or a line of a JSONL file) is malformed."""
 
 
+def text_line(path: str | Path, number: int, raw: bytes) -> str:
+    """A JSONL line's bytes as text; a binary file or bytes that are not UTF-8 are a RecordError naming the line."""
+    if b"\0" in raw:
+        raise RecordError(f"{path}, line {number}: a NUL byte, so a binary file, not JSON Lines; "
+                          f"give a .jsonl file of one JSON object per line")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}, line {number}, column {e.start + 1}: byte 0x{raw[e.start]:02x} is not UTF-8; "
+                          f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def check_jsonl_bytes(path: str | Path, data: bytes) -> None:
+    """A whole JSONL file's bytes: empty, binary or not UTF-8 is a RecordError naming the file, the line and the fix."""
+    if not data.strip():
+        raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
+                          f"or leave it out")
+    try:
+        bad = data.index(b"\0")
+    except ValueError:
+        try:
+            data.decode("utf-8")
+            return
+        except UnicodeDecodeError as e:
+            bad = e.start
+    start = data.rfind(b"\n", 0, bad) + 1
+    end = data.find(b"\n", bad)
+    text_line(path, data.count(b"\n", 0, bad) + 1, data[start:end if end >= 0 else len(data)])
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield one record per non-blank line of a JSONL file."""
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = text_line(path, line_number, raw)
             if not line.strip():
                 continue
             try:

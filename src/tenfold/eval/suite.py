@@ -25,9 +25,8 @@ import math
 from importlib import import_module
 from pathlib import Path
 
-import yaml
-
 from tenfold.eval.backends import load_backend
+from tenfold.recipe import read_recipe_file
 
 BENCHMARKS = {
     "needle": "tenfold.eval.needle:run_needle",
@@ -45,10 +44,7 @@ def load_suite(suite: str | Path | dict) -> dict:
     if isinstance(suite, dict):
         raw, source = suite, "suite"
     else:
-        source = str(suite)
-        if not Path(suite).is_file():
-            raise FileNotFoundError(f"suite file {suite} not found")
-        raw = yaml.safe_load(Path(suite).read_text()) or {}
+        raw, source = read_recipe_file(suite, "suite"), str(suite)
     section = raw.get("eval", raw)
     models, benchmarks = section.get("models"), section.get("benchmarks")
     if not isinstance(models, dict) or not models or not isinstance(benchmarks, dict) or not benchmarks:
