@@ -26,7 +26,7 @@ from pathlib import Path
 from tenfold.data.corpus import warn
 from tenfold.data.report import record_tokens
 from tenfold.data.synth import TOY_DATA, load_tokenizer, target_tokenizer
-from tenfold.data.tokenize import RecordError, text_line
+from tenfold.data.tokenize import RecordError, binary_file, text_line
 from tenfold.data.toy import toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
@@ -59,6 +59,9 @@ class JsonlRows:
     def __init__(self, path: Path):
         self.path, self.offsets, self.lines = path, [], []
         with open(path, "rb") as f:
+            if error := binary_file(path, f.read(8192)):
+                raise error
+            f.seek(0)
             offset = 0
             for number, line in enumerate(f, start=1):
                 if text_line(path, number, line).strip():

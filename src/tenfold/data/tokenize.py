@@ -32,11 +32,19 @@ class RecordError(UserError):
     """A record (or a line of a JSONL file) is malformed."""
 
 
+def binary_file(path: str | Path, head: bytes, first_line: int = 1) -> RecordError | None:
+    """A NUL byte in a file's head (its first 8 KiB, as git and grep look) marks a binary file, not JSON Lines."""
+    if b"\0" not in head:
+        return None
+    line = first_line + head.count(b"\n", 0, head.index(b"\0"))
+    return RecordError(f"{path}, line {line}: a NUL byte, so a binary file, not JSON Lines; "
+                       f"give a .jsonl file of one JSON object per line")
+
+
 def text_line(path: str | Path, number: int, raw: bytes) -> str:
     """A JSONL line's bytes as text; a binary file or bytes that are not UTF-8 are a RecordError naming the line."""
-    if b"\0" in raw:
-        raise RecordError(f"{path}, line {number}: a NUL byte, so a binary file, not JSON Lines; "
-                          f"give a .jsonl file of one JSON object per line")
+    if error := binary_file(path, raw, number):
+        raise error
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -49,6 +57,8 @@ def check_jsonl_bytes(path: str | Path, data: bytes) -> None:
     if not data.strip():
         raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
                           f"or leave it out")
+    if error := binary_file(path, data[:8192]):
+        raise error
     try:
         bad = data.index(b"\0")
     except ValueError:
