@@ -137,3 +137,19 @@ def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
     assert cell["accuracy"] != old["accuracy"]
     assert cell["accuracy"] == grid_from_predictions(path)[(first["length"], first["depth"])]
     assert again["after"] == results["after"]  # training was not redone: the adapter's predictions stand
+
+
+def test_a_demo_rerun_is_keyed_like_eval_other_predictions_are_refused_or_overwritten(tmp_path):
+    from tenfold.demo.measure import needle_grid, short_check
+    from tenfold.eval.backends import load_backend
+
+    base, raised = load_backend("tenfold/toy-llama"), load_backend("tenfold/toy-llama", rope_theta=400000.0)
+    grid = [base, tmp_path, "grid", [128], [50], 1, 256, "title"]
+    needle_grid(*grid)
+    short_check(base, tmp_path, "grid.short", 256, 2)
+    for run in (lambda: needle_grid(raised, *grid[1:]), lambda: short_check(raised, tmp_path, "grid.short", 256, 2)):
+        with pytest.raises(ValueError, match="predictions made otherwise .*rope"):
+            run()  # the same folder, another RoPE base: never scored with the old predictions
+    needle_grid(raised, *grid[1:], overwrite=True)
+    key = json.loads((tmp_path / "grid.key.json").read_text())
+    assert key["backend"]["rope"]["rope_theta"] == 400000.0 and key["settings"]["lengths"] == [128]

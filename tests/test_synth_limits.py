@@ -125,3 +125,34 @@ def test_concurrency_shrinks_on_429s_so_a_provider_that_allows_two_at_once_loses
     # a fixed 8 in flight meet a 429 on most attempts (six of eight each round) and spend their retries;
     # halving on 429s keeps them to about one per three successes once the cap is found
     assert server.over_capacity == summary["requests"]["errors"]["http_429"] < 24
+
+
+def test_synth_reaches_its_first_request_without_importing_torch_or_transformers(tmp_path):
+    """Start-up (issue 14): the target tokenizer counts through the tokenizers library, the generator is the
+    openai client; torch and transformers (seconds of imports) wait for the end-of-run report."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tenfold.cli import build_parser; from tenfold.data.synth import synth_settings, "
+            "token_counter; from tenfold.data.generators import make_generator; "
+            "settings = synth_settings(None, {'corpus': 'c', 'output': 'o', 'generator': 'openai', "
+            "'base_url': 'http://127.0.0.1:9/v1', 'tokenizer': 'tenfold/tiny-llama'}); "
+            "count = token_counter(settings.tokenizer); make_generator(settings); "
+            "print(count('the red fox opens two gates .'), sorted({'torch', 'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from tenfold.train.model import load_tokenizer
+
+    expected = len(load_tokenizer("tenfold/tiny-llama")("the red fox opens two gates .",
+                                                        add_special_tokens=False)["input_ids"])
+    assert done.stdout.split() == [str(expected), "[]"]
+
+
+def test_the_fast_token_count_is_transformers_count(tmp_path):
+    from tenfold.data.synth import token_counter
+    from tenfold.data.toy import toy_records
+    from tenfold.train.model import load_tokenizer
+
+    texts = [json.dumps(r) for r in toy_records(12, seed=4)] + ["  Ünïcödé ✓ 日本語\n\n x", "<|eot_id|> ok"]
+    for name in ("tenfold/tiny-llama", "tenfold/toy-llama"):
+        count, tokenizer = token_counter(name), load_tokenizer(name)
+        assert [count(t) for t in texts] == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]

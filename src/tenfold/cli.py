@@ -111,7 +111,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from tenfold.demo.run import demo
 
-    results = demo(args.output_dir, args.quick, args.rope_factor)
+    results = demo(args.output_dir, args.quick, args.rope_factor, args.overwrite)
     print(f"demo: finished in {results['seconds']:.0f} s; report in {args.output_dir}/report.md, "
           f"numbers in {args.output_dir}/results.json")
 
@@ -190,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.benchmark == "all":
         from tenfold.eval.suite import run_suite
 
-        table = run_suite(args.suite, args.output_dir)
+        table = run_suite(args.suite, args.output_dir, args.overwrite)
         print(f"evaluated {len(table['models'])} models on {', '.join(table['benchmarks'])}; "
               f"table in {args.output_dir}/summary.md and {args.output_dir}/summary.json")
         return
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per source: all, a record count, or a fraction like 0.5 (default: the paper's mix)")
     mix.add_argument("--seed", type=int, default=42)
     mix.add_argument("--tokenizer", help="the target model's: counts tokens and cuts plain text to --max-length "
-                     "(default: the --recipe's model.name; needed otherwise, except on tenfold/toy inputs)")
+                     "(default: the --recipe's model.name, else the one in the --synthetic files' .summary.json; "
+                     "needed otherwise, except on tenfold/toy inputs)")
     mix.add_argument("--recipe", help="YAML recipe whose model.name is the target model (for its tokenizer)")
     mix.add_argument("--max-length", dest="max_length", type=int, default=81920, help="plain text is cut to this many tokens")
     mix.set_defaults(func=cmd_mix)
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a small grid and a few training steps (under 2 minutes)")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--rope-factor", type=float, help="RoPE base multiplier (default: recipes/demo-cpu.yaml's, x400)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="discard predictions in --output-dir made otherwise (default: refuse them)")
     demo.set_defaults(func=cmd_demo)
 
     evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
@@ -311,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite = benchmarks.add_parser("all", help="run the suite in a YAML file's `eval:` section; one summary table")
     suite.add_argument("--suite", required=True, help="YAML with an eval: section (models, benchmarks)")
     suite.add_argument("--output-dir", required=True)
+    suite.add_argument("--overwrite", action="store_true",
+                       help="discard predictions in --output-dir made otherwise (default: refuse them)")
     evaluate.set_defaults(func=cmd_eval)
     return parser
 

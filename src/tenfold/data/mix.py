@@ -151,14 +151,36 @@ def sample_size(count, available: int) -> int:
     return min(int(count), available)
 
 
+def synth_tokenizer(synthetic: list[str]) -> str | None:
+    """The tokenizer `tenfold synth` counted with, from the SYNTH.summary.json beside its output files."""
+    used = {}
+    for name in synthetic:
+        summary = Path(f"{name}.summary.json")
+        if summary.is_file():
+            try:
+                used[name] = json.loads(summary.read_text()).get("tokenizer")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue  # not synth's summary: as if there were none
+    names = sorted({tokenizer for tokenizer in used.values() if tokenizer})
+    if len(names) > 1:
+        raise RecordError(f"the --synthetic files were made with different tokenizers ({', '.join(names)}, in their "
+                          f".summary.json); give --tokenizer with the target model's")
+    if names:
+        warn(f"mix: counting tokens with {names[0]}, the tokenizer {', '.join(used)} was made with "
+             f"(its .summary.json); --tokenizer or --recipe chooses another")
+    return names[0] if names else None
+
+
 def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (), plain: list[str] = (),
         counts: dict | None = None, seed: int = 42, tokenizer: str | None = None,
         max_length: int = 81920, recipe: str | None = None) -> dict:
     """Write the mixed training file and OUTPUT.summary.json; returns the summary.
 
-    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name (see target_tokenizer)."""
+    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name, else the one synth recorded
+    beside the synthetic files (see target_tokenizer, synth_tokenizer)."""
     counts = parse_counts(counts)
-    tokenizer = tokenizer or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain])
+    tokenizer = (tokenizer or (None if recipe else synth_tokenizer(synthetic))
+                 or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain]))
     rng = random.Random(seed)
     tok = load_tokenizer(tokenizer)
     chosen, sources = [], {}

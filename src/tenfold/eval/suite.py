@@ -79,8 +79,9 @@ def markdown_table(columns: list[str], rows: dict[str, dict[str, float]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
-    """Run every benchmark for every model; returns {"models", "benchmarks", "rows", "summaries"}."""
+def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool = False) -> dict:
+    """Run every benchmark for every model; returns {"models", "benchmarks", "rows", "summaries"}.
+    Predictions in output_dir made otherwise are refused, or discarded with `overwrite`."""
     settings = load_suite(suite)
     out = Path(output_dir)
     rows: dict[str, dict[str, float]] = {}
@@ -91,7 +92,8 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
                                spec.pop("tokenizer", None), **spec)
         for benchmark, options in settings["benchmarks"].items():
             module, function = BENCHMARKS[benchmark].split(":")
-            summary = getattr(import_module(module), function)(backend, out / model_name, **(options or {}))
+            summary = getattr(import_module(module), function)(backend, out / model_name, overwrite=overwrite,
+                                                               **(options or {}))
             summaries.setdefault(benchmark, {})[model_name] = summary
             for row, value in summary_rows(benchmark, summary).items():
                 rows.setdefault(row, {})[model_name] = value
