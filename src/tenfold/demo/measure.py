@@ -18,7 +18,7 @@ import torch
 
 from tenfold.demo.world import diary, needle_case
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import mean, run_cases
+from tenfold.eval.runner import mean, model_lengths, run_cases
 
 ANSWER_TOKENS = 3  # the number, the end-of-turn token, and one spare
 
@@ -28,15 +28,16 @@ def exact_match(case: dict, prediction: str) -> dict:
 
 
 def needle_grid(backend, out_dir: str | Path, name: str, lengths: list[int], depths: list[float],
-                samples: int, native_length: int, title: str) -> list[dict]:
-    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png; returns the GRID."""
+                samples: int, title: str) -> list[dict]:
+    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png (with the model's native
+    and training lengths marked); returns the GRID."""
     out_dir = Path(out_dir)
     cases = [needle_case(backend.tokenizer, length, depth, random.Random(f"needle-{length}-{depth:g}-{k}"),
                          f"L{length}-D{depth:g}-{k}")
              for length in lengths for depth in depths for k in range(samples)]
     records = run_cases(backend, cases, out_dir / f"{name}.predictions.jsonl", ANSWER_TOKENS, exact_match,
                         desc=f"needle {name}")
-    heatmap(records, out_dir / f"{name}.png", title, training_length=native_length, length_label="native length")
+    heatmap(records, out_dir / f"{name}.png", title, lengths=model_lengths(backend))
     return [{"length": length, "depth": depth,
              "accuracy": mean(r["score"] for r in records if r["length"] == length and r["depth"] == depth)}
             for length in lengths for depth in depths]
