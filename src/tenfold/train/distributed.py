@@ -30,7 +30,9 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     FSDP plugin is handed to accelerate's state here, and the sharding is still all accelerate's and torch's
     (this is how the 2-process tests run FSDP2 without a GPU).
     """
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    # DeepSpeed runs on the CPU through its own CPU accelerator (gloo), which accelerate reaches only with cpu=False.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not (torch.cuda.is_available() or deepspeed))
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch set
@@ -39,10 +41,29 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         accelerator.state.fsdp_plugin = plugin
         accelerator.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate's own FSDP setup does
+    if deepspeed and not torch.cuda.is_available() and torch.distributed.is_initialized():
+        # DeepSpeed's CPU accelerator joined the processes (gloo), but accelerate counts processes only for the
+        # device types it knows and would see one: give its state the real ranks.
+        ranks = dict(num_processes=torch.distributed.get_world_size(), process_index=torch.distributed.get_rank(),
+                     local_process_index=int(os.environ.get("LOCAL_RANK", 0)))
+        PartialState._shared_state.update(ranks)
+        accelerator.state.__dict__.update(ranks)
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
                          "(recipes/accelerate/fsdp2.yaml)")
     return accelerator
+
+
+def set_accumulation(accelerator: Accelerator, steps: int, micro_batch_size: int, max_grad_norm: float) -> None:
+    """One optimizer step = `steps` micro-batches on each process. Under DeepSpeed the engine owns that boundary
+    and the clipping: its config (whose accumulation accelerate launch sets to 1 by default, and which then wins
+    over accelerate's own) gets the recipe's values before prepare."""
+    accelerator.gradient_accumulation_steps = steps
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config.update(gradient_accumulation_steps=steps, train_micro_batch_size_per_gpu=micro_batch_size,
+                      gradient_clipping=max_grad_norm,
+                      train_batch_size=steps * micro_batch_size * accelerator.num_processes)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -34,7 +34,7 @@ from transformers import get_scheduler
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.distributed import (full_optimizer_state, full_trainable_state, is_sharded, load_full_state,
-                                       make_accelerator, sharding_report)
+                                       make_accelerator, set_accumulation, sharding_report)
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training, load_tokenizer, mixed_precision
 
@@ -79,6 +79,9 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     # The process group (PartialState) stays.
     AcceleratorState._reset_state()
     accelerator = make_accelerator(mixed_precision(recipe))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and t.save_every:
+        raise ValueError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
+                         "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
     out = Path(t.output_dir)
     if overwrite:
         if accelerator.is_main_process:
@@ -105,7 +108,7 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     loss_model = CausalLMLoss(model, t.loss_chunk_size)
     # The engine owns the accumulation boundary (DeepSpeed steps its optimizer there): one optimizer step is
     # this many micro-batches on each process, the same on all of them (batch_plan).
-    accelerator.gradient_accumulation_steps = len(plan[0][0])
+    set_accumulation(accelerator, len(plan[0][0]), t.micro_batch_size, t.max_grad_norm)
     # accelerate's FSDP2 path rebinds the optimizer to the sharded parameters it creates, so the two are
     # prepared together; the clipping list is read from the model after wrapping, never before.
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
