@@ -12,7 +12,7 @@ from tenfold.demo import world
 from tenfold.demo.report import summary_row
 from tenfold.train.model import load_tokenizer
 
-CONTRACT_KEYS = {"native_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
+CONTRACT_KEYS = {"native_length", "training_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
                  "seconds"}
 
 
@@ -86,6 +86,9 @@ def test_quick_demo_writes_the_contract(quick_demo):
     out, results = quick_demo
     assert set(json.loads((out / "results.json").read_text())) == CONTRACT_KEYS
     assert results["native_length"] == 256 and results["rope_factor"] == 20.0
+    assert results["training_length"] == 2560  # recipes/demo-cpu.yaml's data.max_length
+    assert "native length 256 tokens" in (out / "report.md").read_text()
+    assert "training length 2,560 tokens" in (out / "report.md").read_text()
     for row in ("before", "rope_only", "after"):
         assert {tuple(sorted(c)) for c in results[row]} == {("accuracy", "depth", "length")}
         assert all(0 <= c["accuracy"] <= 1 for c in results[row])
@@ -144,7 +147,7 @@ def test_a_demo_rerun_is_keyed_like_eval_other_predictions_are_refused_or_overwr
     from tenfold.eval.backends import load_backend
 
     base, raised = load_backend("tenfold/toy-llama"), load_backend("tenfold/toy-llama", rope_theta=400000.0)
-    grid = [base, tmp_path, "grid", [128], [50], 1, 256, "title"]
+    grid = [base, tmp_path, "grid", [128], [50], 1, "title"]
     needle_grid(*grid)
     short_check(base, tmp_path, "grid.short", 256, 2)
     for run in (lambda: needle_grid(raised, *grid[1:]), lambda: short_check(raised, tmp_path, "grid.short", 256, 2)):

@@ -34,6 +34,9 @@ def test_eval_all_compares_models_side_by_side_and_resumes(tiny_model_dir, tmp_p
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert markdown.splitlines()[0] == "| | base | rope-x400 |" and "| needle (paper) |" in markdown
     assert "| passkey (exact-match) |" in markdown
+    assert table["rows"]["native length"] == {"base": 256, "rope-x400": 256}  # the tiny model's own
+    assert table["rows"]["training length"] == {"base": None, "rope-x400": None}  # neither was trained
+    assert "| native length | 256 | 256 |" in markdown and "| training length |  |  |" in markdown
     before = (tmp_path / "out" / "base" / "needle.predictions.jsonl").read_text()
     run_suite(path, tmp_path / "out")  # everything finished: nothing is generated again
     assert (tmp_path / "out" / "base" / "needle.predictions.jsonl").read_text() == before

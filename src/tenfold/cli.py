@@ -124,6 +124,7 @@ def float_list(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+TRAINING_LENGTH_HELP = "marked on the heatmap (default: the length tenfold train recorded, for a model it trained)"
 # `tenfold eval NAME`: NAME -> (function "module:name", help, its own flags). The function is called as
 # fn(backend, output_dir, **its flags) and returns a summary dict with "score". To add a benchmark, add
 # one row here whose flags' dest names are the function's keyword arguments (None = the function's default).
@@ -136,12 +137,12 @@ EVAL_BENCHMARKS = {
         ("--scorer", dict(default="rouge", choices=["rouge", "judge"])),
         ("--judge-model", dict(help="the judge's model name on the OpenAI-compatible endpoint")),
         ("--judge-base-url", dict(help="the judge's endpoint (default: OPENAI_BASE_URL or OpenAI)")),
-        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+        ("--training-length", dict(type=int, help=TRAINING_LENGTH_HELP))]),
     "passkey": ("tenfold.eval.passkey:run_passkey", "pass key in repeated filler text (length x depth grid)", [
         ("--lengths", dict(type=int_list, help="comma-separated context lengths (default: 8192..131072, 20 steps)")),
         ("--depths", dict(type=float_list, help="comma-separated depth percents (default: 0, 11, ..., 100)")),
         ("--seed", dict(type=int)),
-        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+        ("--training-length", dict(type=int, help=TRAINING_LENGTH_HELP))]),
     "topic": ("tenfold.eval.topic:run_topic", "LongChat topic retrieval: accuracy per number of topics", [
         ("--data", dict(help="LongChat testcases dir or topic_retrieval.json (default: generated conversations)")),
         ("--num-topics", dict(type=int_list, help="comma-separated groups (default: 5,10,...,70)")),
@@ -202,8 +203,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     module, function = EVAL_BENCHMARKS[args.benchmark][0].split(":")
     kwargs = {k: v for k, v in vars(args).items() if k not in EVAL_COMMON and v is not None}
     summary = getattr(import_module(module), function)(backend, args.output_dir, **kwargs)
+    lengths = "; ".join(f"{key.replace('_', ' ')} {summary['model'][key]:,}" for key in
+                        ("native_length", "training_length") if summary["model"].get(key))
     print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')}); "
-          f"results in {args.output_dir}/{args.benchmark}.json")
+          f"{lengths + '; ' if lengths else ''}results in {args.output_dir}/{args.benchmark}.json")
 
 
 class Parser(argparse.ArgumentParser):

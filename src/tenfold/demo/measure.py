@@ -18,7 +18,7 @@ import torch
 
 from tenfold.demo.world import diary, needle_case
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import claim_predictions, mean, run_cases
+from tenfold.eval.runner import claim_predictions, mean, model_lengths, run_cases
 
 ANSWER_TOKENS = 3  # the number, the end-of-turn token, and one spare
 
@@ -28,9 +28,10 @@ def exact_match(case: dict, prediction: str) -> dict:
 
 
 def needle_grid(backend, out_dir: str | Path, name: str, lengths: list[int], depths: list[float],
-                samples: int, native_length: int, title: str, overwrite: bool = False) -> list[dict]:
-    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png; returns the GRID.
-    Predictions there made otherwise (another model, RoPE, grid) are refused, or discarded with `overwrite`."""
+                samples: int, title: str, overwrite: bool = False) -> list[dict]:
+    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png (with the model's native
+    and training lengths marked); returns the GRID. Predictions there made otherwise (another model, RoPE,
+    grid) are refused, or discarded with `overwrite`."""
     out_dir = Path(out_dir)
     cases = [needle_case(backend.tokenizer, length, depth, random.Random(f"needle-{length}-{depth:g}-{k}"),
                          f"L{length}-D{depth:g}-{k}")
@@ -39,7 +40,7 @@ def needle_grid(backend, out_dir: str | Path, name: str, lengths: list[int], dep
     claim_predictions(backend, path, {"lengths": lengths, "depths": depths, "samples": samples,
                                       "max_new_tokens": ANSWER_TOKENS}, overwrite)
     records = run_cases(backend, cases, path, ANSWER_TOKENS, exact_match, desc=f"needle {name}")
-    heatmap(records, out_dir / f"{name}.png", title, training_length=native_length, length_label="native length")
+    heatmap(records, out_dir / f"{name}.png", title, lengths=model_lengths(backend))
     return [{"length": length, "depth": depth,
              "accuracy": mean(r["score"] for r in records if r["length"] == length and r["depth"] == depth)}
             for length in lengths for depth in depths]

@@ -40,7 +40,7 @@ def recipe_path() -> Path:
 
 def measure(name: str, backend, out: Path, lengths: list[int], depths: list[float], sizes: dict,
             native: int, title: str, overwrite: bool = False) -> dict:
-    grid = needle_grid(backend, out, name, lengths, depths, sizes["needle_samples"], native, title, overwrite)
+    grid = needle_grid(backend, out, name, lengths, depths, sizes["needle_samples"], title, overwrite)
     loss = loss_by_position(backend.model, backend.tokenizer, native, FACTOR, sizes["loss_documents"])
     short = short_check(backend, out, f"{name}.short", native, sizes["short_check"], overwrite)
     return {"grid": grid, "loss": loss, "short": short}
@@ -128,7 +128,7 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
         "after", load_backend(str(run_dir), **options), out / f"after-x{factor:g}", lengths, depths, sizes, native,
         f"RoPE base x{factor:g} + QLoRA, {training['steps']} steps", overwrite))
 
-    results = {"native_length": native, "rope_factor": factor,
+    results = {"native_length": native, "training_length": recipe.data.max_length, "rope_factor": factor,
                **{name: row["grid"] for name, row in rows.items()},
                "loss_by_position": {name: row["loss"] for name, row in rows.items()},
                "short_check": {name: row["short"] for name, row in rows.items()},

@@ -14,8 +14,9 @@ The suite is the `eval:` section of a YAML file (a recipe may carry it):
         longbench: {preset: paper}
 
 Each model's results go to OUTPUT_DIR/<model>/ (each benchmark resumes from its predictions file);
-the table goes to OUTPUT_DIR/summary.md and summary.json: one row per benchmark score, plus a row
-per length / group / task where a benchmark reports them, one column per model.
+the table goes to OUTPUT_DIR/summary.md and summary.json: each model's native and training lengths,
+one row per benchmark score, plus a row per length / group / task where a benchmark reports them, one
+column per model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from importlib import import_module
 from pathlib import Path
 
 from tenfold.eval.backends import load_backend
+from tenfold.eval.runner import model_lengths
 from tenfold.recipe import read_recipe_file
 
 BENCHMARKS = {
@@ -72,7 +74,9 @@ def summary_rows(benchmark: str, summary: dict) -> dict[str, float]:
 
 def markdown_table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
     def cell(value):
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {row} | " + " | ".join(cell(values.get(c)) for c in columns) + " |" for row, values in rows.items()]
@@ -90,6 +94,8 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool 
         spec = {**settings["backend_options"], **spec}
         backend = load_backend(spec.pop("model"), spec.pop("backend", "transformers"), spec.pop("rope_theta", None),
                                spec.pop("tokenizer", None), **spec)
+        for key, length in model_lengths(backend).items():
+            rows.setdefault(key.replace("_", " "), {})[model_name] = length
         for benchmark, options in settings["benchmarks"].items():
             module, function = BENCHMARKS[benchmark].split(":")
             summary = getattr(import_module(module), function)(backend, out / model_name, overwrite=overwrite,

@@ -65,8 +65,10 @@ def attention_implementation(settings: ModelSettings, device: torch.device) -> s
 
 def quantization_config(settings: ModelSettings, dtype: torch.dtype) -> BitsAndBytesConfig | None:
     if settings.quantization == "nf4":
+        # The packed 4-bit bytes stored as `dtype` (same bytes, same compute): FSDP2 shards floating tensors
+        # only, and accelerate leaves uint8-stored 4-bit weights out of the sharding (whole on every GPU).
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
     if settings.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
