@@ -11,7 +11,7 @@ from processes import WORKER as TRAIN_WORKER
 from processes import launch
 from tenfold.train import loop
 
-SP_WORKER = "tests/sp_worker.py"
+SP_WORKER = "benchmarks/sequence_parallel_step.py"  # what the benchmark of the same name runs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""One process of the sequence-parallel test: one sequence's loss, LoRA gradients and step memory, split over
+"""One process of a sequence-parallel measurement (tests/test_sequence_parallel.py, benchmarks/
+sequence_parallel_memory.py): one sequence's loss, LoRA gradients and step memory, split over
 the processes (Ulysses), then whole on this process alone (the 1-process step). Rank 0 saves what it saw."""
 
 import json
