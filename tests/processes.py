@@ -18,7 +18,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script_args: list[str], procs: int, log: Path, config: str | None = None, timeout: int = 240) -> str:
+def launch(script_args: list[str], procs: int, log: Path, config: str | None = None, timeout: int = 240,
+           env: dict | None = None) -> str:
     """Run `script_args` on `procs` processes with torchrun, or with `accelerate launch --config_file
     recipes/accelerate/<config>` (the README's commands). Returns the log; fails the test on a non-zero exit."""
     if config is None:
@@ -30,7 +31,7 @@ def launch(script_args: list[str], procs: int, log: Path, config: str | None = N
                "--main_process_port", str(free_port())]
     with open(log, "w") as out:  # loopback only: gloo must not depend on how the host name resolves
         launcher = subprocess.Popen(cmd + script_args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1"))
+                                    env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **(env or {})})
         try:
             returncode = launcher.wait(timeout=timeout)
         except subprocess.TimeoutExpired:  # a hung worker: kill the launcher and its workers, then fail

@@ -104,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from tenfold.plan import format_plan, plan
 
     recipe = recipe_from_args(args)
-    result = plan(recipe, args.gpu_memory, args.gpus, args.length, args.device)
+    result = plan(recipe, args.gpu_memory, args.gpus, args.length, args.device, args.fsdp, args.sequence_parallel)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
 
 
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs to plan for (default 1)")
     plan.add_argument("--length", type=int, help="tokens per sequence (default: the recipe's data.max_length)")
     plan.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="plan for a GPU or this CPU")
+    plan.add_argument("--fsdp", type=int, default=1, help="GPUs the weights and optimizer state are sharded over")
+    plan.add_argument("--sequence-parallel", type=int, default=1, help="GPUs each sequence is split over")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(func=cmd_plan)
 

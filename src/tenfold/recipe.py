@@ -84,6 +84,9 @@ class TrainSettings:
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     loss_chunk_size: int | None = None  # rows of the LM head per chunk; None: about 64 MB of fp32 logits
     save_every: int = 0  # checkpoint every N optimizer steps (0: only the final adapter)
+    # Split each sequence over this many processes (Ulysses: all-to-all around attention); the processes of a
+    # launch are data-parallel groups of this size. Must divide the process count and the attention heads.
+    sequence_parallel: int = 1
     log_every: int = 1
 
 

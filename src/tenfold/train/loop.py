@@ -35,6 +35,7 @@ from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.distributed import (full_optimizer_state, full_trainable_state, is_sharded, load_full_state,
                                        make_accelerator, set_accumulation, sharding_report)
+from tenfold.train import sequence_parallel
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training, load_tokenizer, mixed_precision
 
@@ -100,11 +101,17 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
         rows, data_counts = encode_files(recipe, tokenizer, out)
     lengths = rows.with_format(None)["length"]
     weights_per_record = rows.with_format(None)["loss_weight"]
-    plan = batch_plan(lengths, recipe, accelerator.num_processes)
+    # Sequence parallel: groups of train.sequence_parallel processes share each micro-batch, a slice each.
+    sp = t.sequence_parallel
+    if accelerator.num_processes % sp:
+        raise ValueError(f"train.sequence_parallel {sp} does not divide the {accelerator.num_processes} processes")
+    plan = batch_plan(lengths, recipe, accelerator.num_processes // sp)
     if not plan:
         raise ValueError(f"{len(lengths)} usable records do not fill one step of train.batch_size {t.batch_size}")
 
     model, rope = load_model_for_training(recipe, accelerator.device)
+    if sp > 1:
+        sequence_parallel.setup(model, sp)
     loss_model = CausalLMLoss(model, t.loss_chunk_size)
     # The engine owns the accumulation boundary (DeepSpeed steps its optimizer there): one optimizer step is
     # this many micro-batches on each process, the same on all of them (batch_plan).
@@ -139,7 +146,7 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
                                            optimizer.optimizer, scheduler, totals, recipe):
         started, step_tokens_total = time.perf_counter(), 0
         for step in range(start_step, len(plan)):
-            micro_batches = plan[step][rank]
+            micro_batches = plan[step][rank // sp]
             # Normalize by the loss weight of the whole step on all processes: the plan is known to every
             # process, so the mean over the effective batch is exact without communication.
             step_weight = sum(weights_per_record[i] for mbs in plan[step] for mb in mbs for i in mb)
@@ -148,9 +155,12 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
             for k, mb in enumerate(micro_batches):
                 batch = {name: x.to(accelerator.device) for name, x in
                          collate([rows[i] for i in mb], tokenizer.pad_token_id).items()}
+                if sp > 1:
+                    batch = sequence_parallel.shard_batch(batch, tokenizer.pad_token_id)
                 local_tokens += int(batch["attention_mask"].sum())
                 # accumulate(): no gradient sync before the last micro-batch (DDP, FSDP), the engine's own
-                # boundary under DeepSpeed; backward divides by the accumulation steps, which cancel here.
+                # boundary under DeepSpeed; backward divides by the accumulation steps, which cancel here. The
+                # engines average gradients over all processes (`world`), sequence-parallel slices included.
                 with accelerator.accumulate(loss_model), accelerator.autocast(), \
                         offload_activations(recipe, accelerator.device):
                     loss_sum = loss_model(**batch)
