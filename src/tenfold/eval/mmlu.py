@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tenfold.data.tokenize import read_jsonl
-from tenfold.eval.runner import claim_predictions, resume_cases, write_outputs
+from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
 
 LETTERS = ("A", "B", "C", "D")
 PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
@@ -173,6 +173,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
         return records
 
     records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
-    summary = {"benchmark": "mmlu", "model": backend.describe(), "preset": preset,
+    summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
                "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"])}
     return write_outputs(out, "mmlu", records, summary)

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -35,6 +34,9 @@ from transformers import get_scheduler
 from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
+from tenfold.train.distributed import (full_optimizer_state, full_trainable_state, is_sharded, load_full_state,
+                                       make_accelerator, set_accumulation, sharding_report)
+from tenfold.train import sequence_parallel
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training, mixed_precision
 
@@ -78,7 +80,10 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     # accelerate keeps one precision per process; a second train() (a notebook, the tests) may want another.
     # The process group (PartialState) stays.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision(recipe), cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(mixed_precision(recipe))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and t.save_every:
+        raise ValueError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
+                         "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
     out = Path(t.output_dir)
     if overwrite:
         if accelerator.is_main_process:
@@ -97,22 +102,36 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
         rows, data_counts = encode_files(recipe, tokenizer, out)
     lengths = rows.with_format(None)["length"]
     weights_per_record = rows.with_format(None)["loss_weight"]
-    plan = batch_plan(lengths, recipe, accelerator.num_processes)
+    # Sequence parallel: groups of train.sequence_parallel processes share each micro-batch, a slice each.
+    sp = t.sequence_parallel
+    if accelerator.num_processes % sp:
+        raise ValueError(f"train.sequence_parallel {sp} does not divide the {accelerator.num_processes} processes")
+    plan = batch_plan(lengths, recipe, accelerator.num_processes // sp)
     if not plan:
         raise ValueError(f"{len(lengths)} usable records do not fill one step of train.batch_size {t.batch_size}")
 
     model, rope = load_model_for_training(recipe, accelerator.device)
+    if sp > 1:
+        sequence_parallel.setup(model, sp)
     loss_model = CausalLMLoss(model, t.loss_chunk_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, recipe)
+    # The engine owns the accumulation boundary (DeepSpeed steps its optimizer there): one optimizer step is
+    # this many micro-batches on each process, the same on all of them (batch_plan).
+    set_accumulation(accelerator, len(plan[0][0]), t.micro_batch_size, t.max_grad_norm)
+    # accelerate's FSDP2 path rebinds the optimizer to the sharded parameters it creates, so the two are
+    # prepared together; the clipping list is read from the model after wrapping, never before.
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
+    trainable = [p for p in loss_model.parameters() if p.requires_grad]
     scheduler = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
                               num_training_steps=len(plan))
-    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
+    sharded = is_sharded(model)
+    if sharded:
+        accelerator.print(f"FSDP2 over {accelerator.num_processes} processes: {sharding_report(model)}")
 
     start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
-        start_step, totals = load_checkpoint(checkpoint, model, optimizer, scheduler, recipe)
+        start_step, totals = load_checkpoint(checkpoint, model, optimizer.optimizer, scheduler, recipe)
         accelerator.print(f"resuming from {checkpoint} at step {start_step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -123,11 +142,12 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     boundary = {"step": start_step, "rng": rng_state(), "saving": False}  # the last finished step
     progress = tqdm(total=len(plan), initial=start_step, desc="train",
                     disable=not accelerator.is_main_process)
-    with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process, out, model, optimizer,
-                                           scheduler, totals, recipe):
+    # Ctrl-C reaches each process on its own: only an unsharded model can be saved from one of them.
+    with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process and not sharded, out, model,
+                                           optimizer.optimizer, scheduler, totals, recipe):
         started, step_tokens_total = time.perf_counter(), 0
         for step in range(start_step, len(plan)):
-            micro_batches = plan[step][rank]
+            micro_batches = plan[step][rank // sp]
             # Normalize by the loss weight of the whole step on all processes: the plan is known to every
             # process, so the mean over the effective batch is exact without communication.
             step_weight = sum(weights_per_record[i] for mbs in plan[step] for mb in mbs for i in mb)
@@ -136,12 +156,16 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
             for k, mb in enumerate(micro_batches):
                 batch = {name: x.to(accelerator.device) for name, x in
                          collate([rows[i] for i in mb], tokenizer.pad_token_id).items()}
+                if sp > 1:
+                    batch = sequence_parallel.shard_batch(batch, tokenizer.pad_token_id)
                 local_tokens += int(batch["attention_mask"].sum())
-                sync = k == len(micro_batches) - 1
-                with (nullcontext() if sync else accelerator.no_sync(loss_model)), accelerator.autocast(), \
+                # accumulate(): no gradient sync before the last micro-batch (DDP, FSDP), the engine's own
+                # boundary under DeepSpeed; backward divides by the accumulation steps, which cancel here. The
+                # engines average gradients over all processes (`world`), sequence-parallel slices included.
+                with accelerator.accumulate(loss_model), accelerator.autocast(), \
                         offload_activations(recipe, accelerator.device):
                     loss_sum = loss_model(**batch)
-                accelerator.backward(loss_sum * (world / step_weight))
+                    accelerator.backward(loss_sum * (world * len(micro_batches) / step_weight))
                 local_loss += loss_sum.detach()
             step_loss = accelerator.reduce(local_loss, reduction="sum").item() / step_weight
             if not math.isfinite(step_loss):
@@ -168,14 +192,18 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
                                      mem_gb=f"{peak_memory_gb(accelerator.device):.2f}")
             if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
                 accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    boundary["saving"] = True
-                    save_checkpoint(out, step + 1, model, optimizer, scheduler, totals, recipe)
-                    boundary["saving"] = False
+                boundary["saving"] = True
+                save_checkpoint(out, step + 1, model, optimizer.optimizer, scheduler, totals, recipe,
+                                accelerator.is_main_process)
+                boundary["saving"] = False
 
     # ---- cleanup ----
-    # Every process must end with the same weights; a desynchronized replica fails here, not silently.
-    replicas = gather_object([weights_fingerprint(model)])
+    weights = full_trainable_state(model)  # whole on rank 0 (sharded or not), {} elsewhere
+    # Every replica must end with the same weights; a desynchronized one fails here, not silently. Shards
+    # differ by design: their whole is checked on rank 0 only.
+    local = None if sharded and not accelerator.is_main_process else weights_fingerprint(
+        weights if sharded else trainable_state(model))
+    replicas = [r for r in gather_object([local]) if r is not None]
     if len(set(replicas)) != 1:
         raise RuntimeError(f"processes finished with different weights: {replicas}")
     elapsed = time.perf_counter() - started
@@ -186,10 +214,11 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
         "losses": totals["losses"], "data": data_counts, "rope": rope,
         "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3),
         "tokens_per_s": round(step_tokens_total / elapsed, 1) if elapsed > 0 else None,
-        "processes": world, "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
+        "processes": world, "distributed": str(accelerator.distributed_type.value), "sharded": sharded,
+        "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
     }
     if accelerator.is_main_process:
-        save_adapter(out / "adapter", model, tokenizer, recipe, rope)
+        save_adapter(out / "adapter", model, weights, tokenizer, recipe, rope)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     # Free the DDP wrapper while every process is alive and its process group still registered: freed
@@ -227,9 +256,10 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
                   and f"{s}.{k}" not in ("train.log_every", "train.save_every", "train.output_dir"))
 
 
-def save_adapter(path: Path, model, tokenizer, recipe: Recipe, rope: dict) -> None:
-    """peft's adapter (LoRA + fully trained modules) plus what merge needs to rebuild the model."""
-    model.save_pretrained(path)
+def save_adapter(path: Path, model, weights: dict, tokenizer, recipe: Recipe, rope: dict) -> None:
+    """peft's adapter (LoRA + fully trained modules, from the whole trainable `weights`) plus what merge needs
+    to rebuild the model."""
+    model.save_pretrained(path, state_dict=weights)
     tokenizer.save_pretrained(path)
     (path / "tenfold.json").write_text(json.dumps({
         "base_model": recipe.model.name, "rope_parameters": rope, "max_length": recipe.data.max_length,
@@ -239,25 +269,31 @@ def save_adapter(path: Path, model, tokenizer, recipe: Recipe, rope: dict) -> No
 
 # ---- checkpoints: only the trainable weights, the optimizer and the RNG, written atomically ----
 
-def weights_fingerprint(model) -> str:
+def weights_fingerprint(weights: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(trainable_state(model).items()):
+    for name, tensor in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(tensor.float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """This process's trainable tensors (a shard of each under FSDP)."""
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: dict, recipe: Recipe) -> None:
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: dict, recipe: Recipe,
+                    write: bool = True) -> None:
+    """Gather the whole trainable state and optimizer state (every process calls this), `write` on one."""
+    weights, optimizer_state = full_trainable_state(model), full_optimizer_state(model, optimizer)
+    if not write:
+        return
     root = out / "checkpoints"
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng_state()},
+    save_file(weights, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng_state()},
                tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "totals": totals,
                                                    "recipe": recipe_to_dict(recipe)}))
@@ -278,12 +314,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe: Recipe) -> 
     if changed:
         raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
                          f"resume with the same recipe, or use a new train.output_dir")
-    missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
-    expected = set(trainable_state(model))
-    if unexpected or expected & set(missing):
+    weights = load_file(path / "trainable.safetensors")
+    if set(weights) != set(trainable_state(model)):
         raise ValueError(f"{path} does not match this model's trainable weights")
     state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    load_full_state(model, optimizer, weights, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state)
     return progress["step"], progress["totals"]

@@ -90,12 +90,17 @@ def causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, in
     hidden_states [B, T, d] are the decoder's final (normed) states; token_weights[b, t] weighs the
     prediction of input_ids[b, t] from the tokens before it (0: no loss).
     """
-    targets = input_ids[:, 1:]
-    weights = token_weights[:, 1:]
-    keep = weights != 0
-    hidden = hidden_states[:, :-1][keep]
+    return next_token_loss(hidden_states[:, :-1], lm_head_weight, input_ids[:, 1:], token_weights[:, 1:], chunk_size)
+
+
+def next_token_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, target_ids: torch.Tensor,
+                    target_weights: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """causal_lm_loss with the targets already shifted: position t predicts target_ids[:, t] (a sequence
+    parallel slice, whose last position predicts the next slice's first token)."""
+    keep = target_weights != 0
     chunk_size = chunk_size or default_chunk_size(lm_head_weight.shape[0])
-    return _LabelSparseCrossEntropy.apply(hidden, lm_head_weight, targets[keep], weights[keep].float(), chunk_size)
+    return _LabelSparseCrossEntropy.apply(hidden_states[keep], lm_head_weight, target_ids[keep],
+                                          target_weights[keep].float(), chunk_size)
 
 
 class CausalLMLoss(nn.Module):
@@ -109,10 +114,14 @@ class CausalLMLoss(nn.Module):
     def causal_lm(self) -> nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, attention_mask, token_weights) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, token_weights, position_ids=None, target_ids=None) -> torch.Tensor:
+        """With target_ids (a sequence-parallel slice): token_weights are the targets' weights, already shifted."""
         lm = self.causal_lm()
         head = lm.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise NotImplementedError("an LM head with a bias is not supported by the label-sparse loss")
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state
+        if target_ids is not None:
+            return next_token_loss(hidden, head.weight, target_ids, token_weights, self.chunk_size)
         return causal_lm_loss(hidden, head.weight, input_ids, token_weights, self.chunk_size)

@@ -1,0 +1,100 @@
+"""The processes of a run: accelerate's Accelerator as its config asks (DDP, FSDP2, DeepSpeed), and the
+trainable state gathered whole from whichever of them holds it sharded.
+
+tenfold adds no sharding of its own: FSDP2 is accelerate's plugin around torch's `fully_shard`, DeepSpeed is
+accelerate's engine wrapper, and a sharded state is gathered with torch's distributed state-dict helpers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
+
+# Rank 0 receives the whole trainable state in CPU memory; the frozen base is never gathered.
+GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """accelerate's Accelerator for this process, from its launch config (`accelerate launch --config_file`).
+
+    accelerate turns FSDP on only for GPU-like devices and leaves a CPU run at plain DDP even when its config
+    asks for FSDP; torch's fully_shard itself runs on CPU processes with gloo. So on the CPU the config's own
+    FSDP plugin is handed to accelerate's state here, and the sharding is still all accelerate's and torch's
+    (this is how the 2-process tests run FSDP2 without a GPU).
+    """
+    # DeepSpeed runs on the CPU through its own CPU accelerator (gloo), which accelerate reaches only with cpu=False.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not (torch.cuda.is_available() or deepspeed))
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch set
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate's own FSDP setup does
+    if deepspeed and not torch.cuda.is_available() and torch.distributed.is_initialized():
+        # DeepSpeed's CPU accelerator joined the processes (gloo), but accelerate counts processes only for the
+        # device types it knows and would see one: give its state the real ranks.
+        ranks = dict(num_processes=torch.distributed.get_world_size(), process_index=torch.distributed.get_rank(),
+                     local_process_index=int(os.environ.get("LOCAL_RANK", 0)))
+        PartialState._shared_state.update(ranks)
+        accelerator.state.__dict__.update(ranks)
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
+                         "(recipes/accelerate/fsdp2.yaml)")
+    return accelerator
+
+
+def set_accumulation(accelerator: Accelerator, steps: int, micro_batch_size: int, max_grad_norm: float) -> None:
+    """One optimizer step = `steps` micro-batches on each process. Under DeepSpeed the engine owns that boundary
+    and the clipping: its config (whose accumulation accelerate launch sets to 1 by default, and which then wins
+    over accelerate's own) gets the recipe's values before prepare."""
+    accelerator.gradient_accumulation_steps = steps
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config.update(gradient_accumulation_steps=steps, train_micro_batch_size_per_gpu=micro_batch_size,
+                      gradient_clipping=max_grad_norm,
+                      train_batch_size=steps * micro_batch_size * accelerator.num_processes)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether this process holds only a shard of the trainable weights (FSDP2's DTensors)."""
+    return any(isinstance(p, DTensor) for p in model.parameters() if p.requires_grad)
+
+
+def sharding_report(model: torch.nn.Module) -> str:
+    """What FSDP split over the processes: 4-bit base weights and trainable tensors, as counts."""
+    from bitsandbytes.nn import Linear4bit
+
+    quantized = [m.weight for m in model.modules() if isinstance(m, Linear4bit)]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return (f"sharded 4-bit weights: {sum(isinstance(w, DTensor) for w in quantized)} of {len(quantized)}, "
+            f"trainable tensors: {sum(isinstance(p, DTensor) for p in trainable)} of {len(trainable)}")
+
+
+def full_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor whole, on rank 0 (other ranks: {}). A collective when the model is sharded:
+    every process must call it at the same point."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    # ignore_frozen_params still returns the frozen 4-bit weights' quantization statistics (not parameters)
+    return {n: t for n, t in get_model_state_dict(model, options=GATHER).items() if n in names}
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer state keyed by parameter name, whole, on rank 0; a collective like full_trainable_state."""
+    return get_optimizer_state_dict(model, optimizer, options=GATHER)
+
+
+def load_full_state(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
+    """Load whole states (from full_trainable_state / full_optimizer_state) into this process's shards."""
+    set_model_state_dict(model, weights, options=SCATTER)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=SCATTER)
