@@ -168,3 +168,26 @@ def test_offloaded_activations_train_to_the_same_weights(tiny_recipe, tmp_path):
     b = load_file(tmp_path / "offload" / "adapter" / "adapter_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_tied_embeddings_train_one_shared_matrix_through_save_merge_and_reload(toy_data, tmp_path):
+    """A model whose head is its embedding matrix: the trained embedding is the head too, in training, in the
+    saved adapter, in the unmerged backend and in the merged model (still tied, equal logits)."""
+    from tenfold.models import load_run
+    from tenfold.tiny import write_tiny_llama
+
+    base = write_tiny_llama(tmp_path / "tied", hidden_size=32, num_heads=2, num_kv_heads=1, tie_word_embeddings=True)
+    recipe = load_recipe("recipes/tiny-cpu.yaml", {
+        "model.name": str(base), "data.train_files": [str(toy_data)], "data.max_length": 256,
+        "train.output_dir": str(tmp_path / "run"), "train.batch_size": 2, "train.micro_batch_size": 2,
+        "train.max_steps": 2, "train.save_every": 0, "train.learning_rate": 5e-3})
+    train(recipe)
+    merged_dir = merge(tmp_path / "run", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert merged.config.tie_word_embeddings and merged.lm_head.weight is merged.model.embed_tokens.weight
+    original = AutoModelForCausalLM.from_pretrained(base)
+    assert not torch.equal(merged.lm_head.weight, original.lm_head.weight)  # the head followed the training
+    unmerged, _, _ = load_run(tmp_path / "run")
+    ids = torch.randint(0, merged.config.vocab_size, (1, 100), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, unmerged.eval()(ids).logits, rtol=1e-5, atol=1e-5)

@@ -56,11 +56,12 @@ def build_tokenizer(texts: list[str] | None = None, vocab_size: int = 512,
 
 def build_model(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_layers: int = 2,
                 num_heads: int = 4, num_kv_heads: int = 2, rope_theta: float = 500.0,
-                max_position_embeddings: int = 256, seed: int = 0) -> LlamaForCausalLM:
+                max_position_embeddings: int = 256, seed: int = 0, tie_word_embeddings: bool = False) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings, rope_theta=rope_theta, tie_word_embeddings=False,
+        max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)

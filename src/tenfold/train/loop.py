@@ -259,6 +259,11 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 def save_adapter(path: Path, model, weights: dict, tokenizer, recipe: Recipe, rope: dict) -> None:
     """peft's adapter (LoRA + fully trained modules, from the whole trainable `weights`) plus what merge needs
     to rebuild the model."""
+    # A tied head (lm_head following the trained embed_tokens) shares its parameter, which named_parameters lists
+    # once; peft looks it up under the head's own name too.
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    weights = {n: weights[canonical[id(p)]] for n, p in model.named_parameters(remove_duplicate=False)
+               if canonical[id(p)] in weights}
     model.save_pretrained(path, state_dict=weights)
     tokenizer.save_pretrained(path)
     (path / "tenfold.json").write_text(json.dumps({
