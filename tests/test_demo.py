@@ -12,7 +12,7 @@ from tenfold.demo import world
 from tenfold.demo.report import summary_row
 from tenfold.train.model import load_tokenizer
 
-CONTRACT_KEYS = {"native_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
+CONTRACT_KEYS = {"native_length", "training_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
                  "seconds"}
 
 
@@ -86,6 +86,9 @@ def test_quick_demo_writes_the_contract(quick_demo):
     out, results = quick_demo
     assert set(json.loads((out / "results.json").read_text())) == CONTRACT_KEYS
     assert results["native_length"] == 256 and results["rope_factor"] == 20.0
+    assert results["training_length"] == 2560  # recipes/demo-cpu.yaml's data.max_length
+    assert "native length 256 tokens" in (out / "report.md").read_text()
+    assert "training length 2,560 tokens" in (out / "report.md").read_text()
     for row in ("before", "rope_only", "after"):
         assert {tuple(sorted(c)) for c in results[row]} == {("accuracy", "depth", "length")}
         assert all(0 <= c["accuracy"] <= 1 for c in results[row])
@@ -137,3 +140,19 @@ def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
     assert cell["accuracy"] != old["accuracy"]
     assert cell["accuracy"] == grid_from_predictions(path)[(first["length"], first["depth"])]
     assert again["after"] == results["after"]  # training was not redone: the adapter's predictions stand
+
+
+def test_a_demo_rerun_is_keyed_like_eval_other_predictions_are_refused_or_overwritten(tmp_path):
+    from tenfold.demo.measure import needle_grid, short_check
+    from tenfold.eval.backends import load_backend
+
+    base, raised = load_backend("tenfold/toy-llama"), load_backend("tenfold/toy-llama", rope_theta=400000.0)
+    grid = [base, tmp_path, "grid", [128], [50], 1, "title"]
+    needle_grid(*grid)
+    short_check(base, tmp_path, "grid.short", 256, 2)
+    for run in (lambda: needle_grid(raised, *grid[1:]), lambda: short_check(raised, tmp_path, "grid.short", 256, 2)):
+        with pytest.raises(ValueError, match="predictions made otherwise .*rope"):
+            run()  # the same folder, another RoPE base: never scored with the old predictions
+    needle_grid(raised, *grid[1:], overwrite=True)
+    key = json.loads((tmp_path / "grid.key.json").read_text())
+    assert key["backend"]["rope"]["rope_theta"] == 400000.0 and key["settings"]["lengths"] == [128]

@@ -102,3 +102,19 @@ def test_synth_request_timeout_is_a_flag(tmp_path):
                                       "--request-timeout", "7.5"])
     flags = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "recipe")}  # as cmd_synth does
     assert synth_settings(None, flags).request_timeout == 7.5
+
+
+def test_mix_takes_the_tokenizer_synth_recorded_beside_its_output(tmp_path, capsys, plain_file):
+    synthetic = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for path in synthetic:
+        main(["synth", "--corpus", "tenfold/toy", "--output", str(path), "--min-tokens", "400", "--max-tokens",
+              "3000", "--tasks", "single_detail", "--max-contexts", "1", "--tokenizer", "tenfold/toy-llama"])
+    mix = ["mix", "--output", str(tmp_path / "m.jsonl"), "--synthetic", *map(str, synthetic), "--plain",
+           str(plain_file), "--max-length", "32"]
+    main(mix)  # no --tokenizer, no --recipe: the synthetic files' own
+    assert json.loads((tmp_path / "m.jsonl.summary.json").read_text())["tokenizer"] == "tenfold/toy-llama"
+    assert "counting tokens with tenfold/toy-llama" in capsys.readouterr().err
+    summary = tmp_path / "b.jsonl.summary.json"
+    summary.write_text(json.dumps(json.loads(summary.read_text()) | {"tokenizer": "tenfold/tiny-llama"}))
+    line = one_line_error(capsys, mix, "mix")
+    assert "different tokenizers (tenfold/tiny-llama, tenfold/toy-llama" in line and "give --tokenizer" in line

@@ -96,10 +96,13 @@ def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically
     assert image.shape[0] > 400 and image.shape[1] > 1000
     summary = json.loads((tmp_path / "cli" / "needle.summary.json").read_text())
     assert summary["preset"] == "paper" and summary["scorer"] == "rouge-l-recall"
+    assert summary["model"]["native_length"] == 256 and summary["model"]["training_length"] == 300  # as given
 
     from_python = run_needle(backend, tmp_path / "py", lengths=[300, 450], depths=[0, 50, 100])
     assert json.loads((tmp_path / "py" / "needle.json").read_text()) == cells
     assert from_python["score"] == summary["score"]
+    # the paper preset marks no length of its own: an untrained model has none (it once said 80,000 for any)
+    assert from_python["model"]["native_length"] == 256 and from_python["model"]["training_length"] is None
 
 
 def test_killed_needle_run_resumes_without_redoing_or_duplicating_cells(backend, tmp_path):

@@ -27,7 +27,7 @@ KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"
 
 
 class FakeServer:
-    def __init__(self, faults=None, garbage=frozenset(), gate_after=None):
+    def __init__(self, faults=None, garbage=frozenset(), gate_after=None, capacity=None, latency=0.0):
         self.faults = faults or {}  # prompt number (in order of first arrival) -> fault on its first attempt
         self.garbage = garbage  # prompt numbers whose every answer has content that is not JSON
         self.gate_after = gate_after  # answer this many requests, then hold the rest until open() is called
@@ -35,6 +35,8 @@ class FakeServer:
         self.lock = threading.Lock()
         self.order, self.attempts, self.answered = {}, defaultdict(list), Counter()
         self.admitted = 0
+        self.capacity, self.latency = capacity, latency  # more requests than `capacity` at once get a 429
+        self.busy = self.over_capacity = 0
         self.auth_ok = True
         server = self
 
@@ -57,6 +59,19 @@ class FakeServer:
                 if held:
                     server.gate.wait()
                     return  # released after the client was killed: nobody is listening
+                if server.capacity is not None:
+                    with server.lock:
+                        full = server.busy >= server.capacity
+                        server.over_capacity += full
+                        server.busy += not full
+                    if full:
+                        return self.reply(429, {"error": {"message": "too many requests in flight"}})
+                    time.sleep(server.latency)  # the provider's latency: what keeps requests in flight
+                    with server.lock:  # free before answering: the client may send its next one at once
+                        server.busy -= 1
+                self.answer_with(body, prompt, key, number, attempt)
+
+            def answer_with(self, body, prompt, key, number, attempt):
                 fault = server.faults.get(number) if attempt == 0 else None
                 if fault == "429":
                     return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.3"})

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 from processes import WORKER, launch
 
 from tenfold.recipe import load_recipe
-from tenfold.rope import rotary_inv_freq
+from tenfold.eval.backends import load_backend
+from tenfold.rope import model_lengths, rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
 from tenfold.train.merge import load_unmerged, merge
@@ -65,6 +66,9 @@ def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained
     model = AutoModelForCausalLM.from_pretrained(merged_dir)
     inv_freq = rotary_inv_freq(model)
     torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()))
+    # the base's native length (256) survives the merge beside the run's training length (data.max_length)
+    assert model_lengths(model.config) == {"native_length": 256, "training_length": 512}
+    assert model_lengths(load_backend(str(out / "run")).model.config) == {"native_length": 256, "training_length": 512}
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from tenfold.recipe import RecipeError, load_recipe, recipe_keys
+from tenfold.errors import debug_requested, one_line
+from tenfold.recipe import load_recipe, recipe_keys
 
 # Short flags for the keys users set most; every recipe key also has its own --section.key flag.
 ALIASES = {"output_dir": "train.output_dir", "data": "data.train_files", "max_steps": "train.max_steps",
@@ -110,7 +111,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from tenfold.demo.run import demo
 
-    results = demo(args.output_dir, args.quick, args.rope_factor)
+    results = demo(args.output_dir, args.quick, args.rope_factor, args.overwrite)
     print(f"demo: finished in {results['seconds']:.0f} s; report in {args.output_dir}/report.md, "
           f"numbers in {args.output_dir}/results.json")
 
@@ -123,6 +124,7 @@ def float_list(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+TRAINING_LENGTH_HELP = "marked on the heatmap (default: the length tenfold train recorded, for a model it trained)"
 # `tenfold eval NAME`: NAME -> (function "module:name", help, its own flags). The function is called as
 # fn(backend, output_dir, **its flags) and returns a summary dict with "score". To add a benchmark, add
 # one row here whose flags' dest names are the function's keyword arguments (None = the function's default).
@@ -135,12 +137,12 @@ EVAL_BENCHMARKS = {
         ("--scorer", dict(default="rouge", choices=["rouge", "judge"])),
         ("--judge-model", dict(help="the judge's model name on the OpenAI-compatible endpoint")),
         ("--judge-base-url", dict(help="the judge's endpoint (default: OPENAI_BASE_URL or OpenAI)")),
-        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+        ("--training-length", dict(type=int, help=TRAINING_LENGTH_HELP))]),
     "passkey": ("tenfold.eval.passkey:run_passkey", "pass key in repeated filler text (length x depth grid)", [
         ("--lengths", dict(type=int_list, help="comma-separated context lengths (default: 8192..131072, 20 steps)")),
         ("--depths", dict(type=float_list, help="comma-separated depth percents (default: 0, 11, ..., 100)")),
         ("--seed", dict(type=int)),
-        ("--training-length", dict(type=int, help="marked on the heatmap"))]),
+        ("--training-length", dict(type=int, help=TRAINING_LENGTH_HELP))]),
     "topic": ("tenfold.eval.topic:run_topic", "LongChat topic retrieval: accuracy per number of topics", [
         ("--data", dict(help="LongChat testcases dir or topic_retrieval.json (default: generated conversations)")),
         ("--num-topics", dict(type=int_list, help="comma-separated groups (default: 5,10,...,70)")),
@@ -189,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.benchmark == "all":
         from tenfold.eval.suite import run_suite
 
-        table = run_suite(args.suite, args.output_dir)
+        table = run_suite(args.suite, args.output_dir, args.overwrite)
         print(f"evaluated {len(table['models'])} models on {', '.join(table['benchmarks'])}; "
               f"table in {args.output_dir}/summary.md and {args.output_dir}/summary.json")
         return
@@ -201,12 +203,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
     module, function = EVAL_BENCHMARKS[args.benchmark][0].split(":")
     kwargs = {k: v for k, v in vars(args).items() if k not in EVAL_COMMON and v is not None}
     summary = getattr(import_module(module), function)(backend, args.output_dir, **kwargs)
+    lengths = "; ".join(f"{key.replace('_', ' ')} {summary['model'][key]:,}" for key in
+                        ("native_length", "training_length") if summary["model"].get(key))
     print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')}); "
-          f"results in {args.output_dir}/{args.benchmark}.json")
+          f"{lengths + '; ' if lengths else ''}results in {args.output_dir}/{args.benchmark}.json")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenfold", description="Extend a causal LM's context window ten-fold.")
+    parser = Parser(prog="tenfold", description="Extend a causal LM's context window ten-fold.")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # main() reads it from argv
+                        help="show the traceback of an error (anywhere on the line; or TENFOLD_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="QLoRA context extension with a raised RoPE base")
@@ -247,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(its model.name: the tokenizer)")
     synth.add_argument("--model", help="the generator's model (openai, transformers)")
     synth.add_argument("--base-url", dest="base_url", help="OpenAI-compatible endpoint; key from $OPENAI_API_KEY")
-    synth.add_argument("--concurrency", type=int, help="requests in flight (openai; default 8)")
+    synth.add_argument("--concurrency", type=int, help="requests in flight at most (openai; default 32; halved "
+                       "on a 429 and grown back on successes)")
+    synth.add_argument("--requests-per-minute", dest="requests_per_minute", type=float,
+                       help="the provider's request limit (openai; default: none)")
+    synth.add_argument("--tokens-per-minute", dest="tokens_per_minute", type=float,
+                       help="the provider's token limit, prompt + max_new_tokens per request (openai; default: none)")
     synth.add_argument("--request-timeout", dest="request_timeout", type=float,
                        help="seconds before a request is given up and retried (openai; default 600)")
     synth.add_argument("--max-contexts", dest="max_contexts", type=int, help="stop after this many records' contexts")
@@ -266,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per source: all, a record count, or a fraction like 0.5 (default: the paper's mix)")
     mix.add_argument("--seed", type=int, default=42)
     mix.add_argument("--tokenizer", help="the target model's: counts tokens and cuts plain text to --max-length "
-                     "(default: the --recipe's model.name; needed otherwise, except on tenfold/toy inputs)")
+                     "(default: the --recipe's model.name, else the one in the --synthetic files' .summary.json; "
+                     "needed otherwise, except on tenfold/toy inputs)")
     mix.add_argument("--recipe", help="YAML recipe whose model.name is the target model (for its tokenizer)")
     mix.add_argument("--max-length", dest="max_length", type=int, default=81920, help="plain text is cut to this many tokens")
     mix.set_defaults(func=cmd_mix)
@@ -275,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a small grid and a few training steps (under 2 minutes)")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--rope-factor", type=float, help="RoPE base multiplier (default: recipes/demo-cpu.yaml's, x400)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="discard predictions in --output-dir made otherwise (default: refuse them)")
     demo.set_defaults(func=cmd_demo)
 
     evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
@@ -297,13 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     suite = benchmarks.add_parser("all", help="run the suite in a YAML file's `eval:` section; one summary table")
     suite.add_argument("--suite", required=True, help="YAML with an eval: section (models, benchmarks)")
     suite.add_argument("--output-dir", required=True)
+    suite.add_argument("--overwrite", action="store_true",
+                       help="discard predictions in --output-dir made otherwise (default: refuse them)")
     evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args([a for a in argv if a != "--debug"])
     try:
         for flag in unknown:  # an unknown --section.key gets the recipe's message, with the allowed keys
             if flag.startswith("--") and "." in flag:
@@ -311,8 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.func(args)
-    except (RecipeError, FileNotFoundError, ValueError) as e:
-        print(f"tenfold {args.verb}: error: {e}", file=sys.stderr)
+    except Exception as e:  # a user error is one line, exit 2; a bug keeps its traceback
+        message = one_line(e)
+        if debug or message is None:
+            raise
+        print(f"tenfold {args.verb}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

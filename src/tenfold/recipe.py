@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from tenfold.errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError):
     pass
 
 
@@ -190,18 +192,25 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
+def read_recipe_file(path: str | Path, kind: str = "recipe") -> dict:
+    """A recipe (or suite) file's mapping of sections; a missing file, bad YAML or another shape is a RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{kind} file {path} not found; give an existing YAML file (see recipes/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}; fix that line") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections (model, rope, lora, data, train, synth, ...)")
+    return raw
+
+
 def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
     """Defaults, then the YAML file, then the overrides (dotted keys), each validated."""
     recipe = Recipe()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
-        recipe = recipe_from_dict(raw, str(path))
+        recipe = recipe_from_dict(read_recipe_file(path), str(path))
     for key, value in (overrides or {}).items():
         set_key(recipe, key, value)
     validate(recipe)

@@ -38,8 +38,11 @@ def apply_rope(config, rope: RopeSettings, max_length: int | None = None) -> dic
     """Write the requested RoPE base/scaling into `config` (both layouts); returns the new parameters.
 
     With `rope.scaling == "keep"` the model's own scaling (e.g. Llama-3.1's llama3 scaling) is kept
-    and only the base changes. `max_position_embeddings` grows to `max_length` when that is larger.
+    and only the base changes. `max_length` is the length the model is trained at: it is recorded with
+    the model's native length (see `model_lengths`), and `max_position_embeddings` grows to it when larger.
     """
+    if max_length:
+        config.tenfold_lengths = {"native_length": config.max_position_embeddings, "training_length": max_length}
     old = current_rope(config)
     theta = float(rope.theta) if rope.theta is not None else float(old["rope_theta"])
     if rope.theta_factor is not None:
@@ -58,6 +61,15 @@ def apply_rope(config, rope: RopeSettings, max_length: int | None = None) -> dic
     if max_length and max_length > config.max_position_embeddings and params["rope_type"] != "dynamic":
         config.max_position_embeddings = max_length
     return params
+
+
+def model_lengths(config) -> dict:
+    """{"native_length", "training_length"}: the context the model came with (before tenfold trained it
+    longer, as recorded in its config, which a merged model's config.json keeps) and the length tenfold
+    trained it at (None for a model tenfold did not train)."""
+    recorded = getattr(config, "tenfold_lengths", None) or {}
+    return {"native_length": recorded.get("native_length", config.max_position_embeddings),
+            "training_length": recorded.get("training_length")}
 
 
 def write_rope_to_config_file(path: str | Path, params: dict) -> None:

@@ -2,8 +2,9 @@
 
   offline       questions and answers extracted from the text itself (tenfold.data.extractive); no LLM
   openai        any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, `transformers serve`) via the openai
-                client: bounded concurrency, retries with exponential back-off on 429, 5xx, time-outs and
-                unreadable replies (honouring Retry-After), a request time-out, a token and cost tally
+                client: requests/tokens per minute and a concurrency that adapts to 429s (data/limits.py),
+                retries with exponential back-off on 429, 5xx, time-outs and unreadable replies (honouring
+                Retry-After), a request time-out, a token and cost tally
   transformers  a local causal LM with a chat template, greedy decoding, one request at a time
 
 The API key is read from the environment variable the settings name and is kept only inside the
@@ -19,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from tenfold.data import limits
 from tenfold.data.extractive import extract
 
 
@@ -85,7 +87,8 @@ class OpenAIGenerator:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 6, request_timeout: float = 600.0,
                  backoff_base: float = 1.0, backoff_max: float = 60.0, max_new_tokens: int = 4096,
-                 temperature: float = 0.0, context_tokens: int | None = 128_000):
+                 temperature: float = 0.0, context_tokens: int | None = 128_000,
+                 requests_per_minute: float | None = None, tokens_per_minute: float | None = None):
         import openai
 
         self.model, self.context_tokens = model, context_tokens
@@ -99,7 +102,7 @@ class OpenAIGenerator:
         # 200 whose body is not a chat completion (a proxy's error page), which the client does not.
         self.client = openai.AsyncOpenAI(api_key=self._secret or "none", base_url=base_url, max_retries=0,
                                          timeout=request_timeout)
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.limiter = limits.RequestLimiter(concurrency, requests_per_minute, tokens_per_minute)
         self.tally = Tally()
 
     def scrub(self, message: str) -> str:
@@ -116,16 +119,20 @@ class OpenAIGenerator:
     async def complete(self, request: Request, check: Check | None = None) -> Reply:
         """The reply, or Reply(None) once the budget of attempts is spent. A 200 whose content `check`
         finds unusable is paid for and then retried like a transport error, from the same budget."""
-        error = "unknown"
+        error, tokens = "unknown", limits.estimated_tokens(request.prompt, self.max_new_tokens)
         for attempt in range(self.max_retries + 1):
-            async with self.semaphore:
+            generation, outcome = await self.limiter.acquire(tokens), "error"
+            try:
                 reply, error, retry_after = await self._attempt(request, check)
+                outcome = "rate_limited" if error == "http_429" else "error" if error else "ok"
+            finally:
+                await self.limiter.release(generation, outcome)
             if reply is not None:
                 return reply
             self._count(error)
             if attempt < self.max_retries:
                 self.tally.retries += 1
-                await asyncio.sleep(self._delay(attempt, retry_after))
+                await limits.pause(self._delay(attempt, retry_after))
         return give_up(self.tally, error, f"{error} after {self.max_retries + 1} attempts")
 
     async def _attempt(self, request: Request, check: Check | None) -> tuple[Reply | None, str, str | None]:
@@ -220,7 +227,7 @@ def make_generator(settings) -> OfflineGenerator | OpenAIGenerator | Transformer
             settings.model or os.environ.get("OPENAI_MODEL") or "gpt-4-turbo", settings.base_url,
             settings.api_key_env, settings.concurrency, settings.max_retries, settings.request_timeout,
             settings.backoff_base, settings.backoff_max, settings.max_new_tokens, settings.temperature,
-            settings.generator_context_tokens or 128_000)
+            settings.generator_context_tokens or 128_000, settings.requests_per_minute, settings.tokens_per_minute)
     if settings.generator == "transformers":
         if not settings.model:
             raise ValueError("--generator transformers needs --model (a local path or hub id of an instruct model)")

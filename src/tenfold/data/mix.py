@@ -26,7 +26,7 @@ from pathlib import Path
 from tenfold.data.corpus import warn
 from tenfold.data.report import record_tokens
 from tenfold.data.synth import TOY_DATA, load_tokenizer, target_tokenizer
-from tenfold.data.tokenize import RecordError
+from tenfold.data.tokenize import RecordError, binary_file, text_line
 from tenfold.data.toy import toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
@@ -53,16 +53,24 @@ def parse_counts(text: str | dict | None) -> dict:
 
 
 class JsonlRows:
-    """A JSONL file's records by index, read from their byte offsets when asked for."""
+    """A JSONL file's records by index, read from their byte offsets when asked for. A file that is empty,
+    binary or not UTF-8 is refused here, naming the line; a line that is not JSON is skipped when read."""
 
     def __init__(self, path: Path):
-        self.path, self.offsets = path, []
+        self.path, self.offsets, self.lines = path, [], []
         with open(path, "rb") as f:
+            if error := binary_file(path, f.read(8192)):
+                raise error
+            f.seek(0)
             offset = 0
-            for line in f:
-                if line.strip():
+            for number, line in enumerate(f, start=1):
+                if text_line(path, number, line).strip():
                     self.offsets.append(offset)
+                    self.lines.append(number)
                 offset += len(line)
+        if not self.offsets:
+            raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
+                              f"or leave it out")
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -73,8 +81,9 @@ class JsonlRows:
             line = f.readline()
         try:
             return json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RecordError(f"{self.path}, record {index + 1}: not valid JSON ({e}); fix or remove that line") from None
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{self.path}, line {self.lines[index]}: not valid JSON ({e.msg}); "
+                              f"fix or remove that line") from None
 
 
 def open_source(name: str, kind: str = "synthetic"):
@@ -142,14 +151,36 @@ def sample_size(count, available: int) -> int:
     return min(int(count), available)
 
 
+def synth_tokenizer(synthetic: list[str]) -> str | None:
+    """The tokenizer `tenfold synth` counted with, from the SYNTH.summary.json beside its output files."""
+    used = {}
+    for name in synthetic:
+        summary = Path(f"{name}.summary.json")
+        if summary.is_file():
+            try:
+                used[name] = json.loads(summary.read_text()).get("tokenizer")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue  # not synth's summary: as if there were none
+    names = sorted({tokenizer for tokenizer in used.values() if tokenizer})
+    if len(names) > 1:
+        raise RecordError(f"the --synthetic files were made with different tokenizers ({', '.join(names)}, in their "
+                          f".summary.json); give --tokenizer with the target model's")
+    if names:
+        warn(f"mix: counting tokens with {names[0]}, the tokenizer {', '.join(used)} was made with "
+             f"(its .summary.json); --tokenizer or --recipe chooses another")
+    return names[0] if names else None
+
+
 def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (), plain: list[str] = (),
         counts: dict | None = None, seed: int = 42, tokenizer: str | None = None,
         max_length: int = 81920, recipe: str | None = None) -> dict:
     """Write the mixed training file and OUTPUT.summary.json; returns the summary.
 
-    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name (see target_tokenizer)."""
+    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name, else the one synth recorded
+    beside the synthetic files (see target_tokenizer, synth_tokenizer)."""
     counts = parse_counts(counts)
-    tokenizer = tokenizer or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain])
+    tokenizer = (tokenizer or (None if recipe else synth_tokenizer(synthetic))
+                 or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain]))
     rng = random.Random(seed)
     tok = load_tokenizer(tokenizer)
     chosen, sources = [], {}

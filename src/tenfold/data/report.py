@@ -55,11 +55,14 @@ def write_report(output: Path, settings, generator, tokenizer, skipped: Counter,
         "documents_skipped": dict(skipped),
         "rejected": dict(rejected),
         "requests": tally | {"cached_replies": stats["cached_replies"], "cost": round(cost, 6)},
+        "limits": generator.limiter.summary() if hasattr(generator, "limiter") else None,  # openai only
         "record_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0),
                           "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0, "total": sum(lengths)},
         "histogram": str(output) + ".lengths.png",
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
     }
-    Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+    from tenfold.data.synth import write_atomic
+
+    write_atomic(Path(str(output) + ".summary.json"), json.dumps(summary, indent=2), "--output")
     plot_lengths(lengths, Path(summary["histogram"]), f"{sum(tasks_in_output.values())} records in {output.name}")
     return summary

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from tqdm import tqdm
 
 from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
@@ -35,7 +34,8 @@ from tenfold.data.prompts import PROMPTS, TASKS
 from tenfold.data.replies import reply_problem, valid_items
 from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
 from tenfold.data.toy import toy_records
-from tenfold.recipe import RecipeError, coerce
+from tenfold.errors import UserError
+from tenfold.recipe import RecipeError, coerce, read_recipe_file
 
 HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
 TOY_DATA, TOY_TOKENIZER = "tenfold/toy", "tenfold/tiny-llama"  # the shipped toy world and its tokenizer
@@ -44,8 +44,8 @@ TOY_DATA, TOY_TOKENIZER = "tenfold/toy", "tenfold/tiny-llama"  # the shipped toy
 def target_tokenizer(verb: str, recipe: str | None, inputs: list[str]) -> str:
     """The tokenizer when --tokenizer is not given: the recipe's model.name; on the shipped toy data alone,
     the shipped toy tokenizer; else a refusal naming the flag (another model's tokens miscount lengths)."""
-    raw = (yaml.safe_load(Path(recipe).read_text()) or {}) if recipe else {}
-    name = (raw.get("model") or {}).get("name") if isinstance(raw, dict) else None
+    model = read_recipe_file(recipe).get("model") if recipe else None
+    name = model.get("name") if isinstance(model, dict) else None
     if name:
         return str(name)
     if inputs and all(name == TOY_DATA for name in inputs):
@@ -78,7 +78,12 @@ class SynthSettings:
     model: str = ""  # the generator's model (openai: default $OPENAI_MODEL, else gpt-4-turbo)
     base_url: str | None = None  # openai: default $OPENAI_BASE_URL, else OpenAI's
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key; keys never go in recipes
-    concurrency: int = 8
+    # Requests in flight at most (openai): halved on a 429, grown back by one per as many successes in a row.
+    concurrency: int = 32
+    # The provider's published limits (None: none). The paper's client ran at 5000 requests and 100K tokens a
+    # minute; a request counts its prompt (about 4 characters a token) plus max_new_tokens.
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
     max_retries: int = 6
     request_timeout: float = 600.0
     backoff_base: float = 1.0
@@ -95,20 +100,28 @@ class SynthSettings:
 def synth_settings(recipe: str | None = None, overrides: dict | None = None) -> SynthSettings:
     """Defaults, then the recipe's `synth:` section, then the overrides; every value checked."""
     settings, hints = SynthSettings(), typing.get_type_hints(SynthSettings)
-    values = {}
-    if recipe:
-        raw = yaml.safe_load(Path(recipe).read_text()) or {}
-        values.update(raw.get("synth") or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for key, value in values.items():
+    section = (read_recipe_file(recipe).get("synth") or {}) if recipe else {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"{recipe}: 'synth' must be a mapping of synth keys")
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in (section | flags).items():
+        where = "command line" if key in flags else recipe
         if key not in hints:
-            raise RecipeError(f"unknown synth key {key!r}; allowed: {', '.join(hints)}")
-        setattr(settings, key, coerce(value, hints[key], f"synth.{key}"))
+            raise RecipeError(f"{where}: unknown synth key {key!r}; allowed: {', '.join(hints)}")
+        try:
+            setattr(settings, key, coerce(value, hints[key], f"synth.{key}"))
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
     unknown = set(settings.tasks) - set(TASKS)
     if unknown:
         raise RecipeError(f"unknown task(s) {', '.join(sorted(unknown))}; use {', '.join(TASKS)}")
     if not settings.corpus or not settings.output:
         raise RecipeError("synth needs a corpus and an output file")
+    if settings.concurrency < 1:
+        raise RecipeError(f"synth.concurrency is {settings.concurrency}; give 1 or more requests in flight")
+    for key in ("requests_per_minute", "tokens_per_minute"):
+        if getattr(settings, key) is not None and getattr(settings, key) <= 0:
+            raise RecipeError(f"synth.{key} is {getattr(settings, key)}; give a positive limit or leave it unset")
     if settings.min_tokens > settings.max_tokens:
         raise RecipeError(f"min_tokens ({settings.min_tokens}) is above max_tokens ({settings.max_tokens})")
     settings.tokenizer = settings.tokenizer or target_tokenizer("synth", recipe, [settings.corpus])
@@ -136,9 +149,24 @@ class ResponseCache:
     def put(self, backend: str, model: str, prompt: str, reply: Reply) -> None:
         path = self._path(backend, model, prompt)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(reply)))
+        write_atomic(path, json.dumps(dataclasses.asdict(reply)), "--cache-dir")
+
+
+def write_error(path: Path, error: OSError, elsewhere: str) -> UserError:
+    """A failed write (a full disk, no permission) as one line: the path, why, and that a rerun resumes."""
+    return UserError(f"could not write {path}: {error.strerror or error}; free space (or give another {elsewhere}) "
+                     f"and run the same command again: what was written before is kept")
+
+
+def write_atomic(path: Path, text: str, elsewhere: str) -> None:
+    """The whole text or the old file: written beside it and renamed; a failed write leaves no temp file."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e, elsewhere) from None
 
 
 def finished_ids(output: Path) -> set[str]:
@@ -163,10 +191,15 @@ def finished_ids(output: Path) -> set[str]:
     return ids
 
 
-def append_line(fd: int, record: dict) -> None:
+def append_line(fd: int, record: dict, path: Path) -> None:
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    while data:  # one write() per record in practice; a partial one is finished here or dropped on restart
-        data = data[os.write(fd, data):]
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        while data:  # one write() per record in practice; a partial one is finished here or dropped on restart
+            data = data[os.write(fd, data):]
+    except OSError as e:
+        os.ftruncate(fd, start)  # no half line: the records before it stay whole
+        raise write_error(path, e, "--output") from None
 
 
 def toy_documents():
@@ -212,12 +245,46 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
+def plain_tokenizer_file(name: str) -> Path | None:
+    """The tokenizer.json of a shipped model, a local folder or a cached hub model, when transformers itself would
+    run it as is (tokenizer_class PreTrainedTokenizerFast / TokenizersBackend); else None."""
+    if name.startswith("tenfold/"):
+        folder = Path(__file__).resolve().parent.parent / "assets" / name.removeprefix("tenfold/")
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+    elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        folder = None  # not a hub id: transformers' loader names the problem
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "tokenizer.json")
+        folder = Path(found).parent if isinstance(found, str) else None
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        return None
+    config = folder / "tokenizer_config.json"
+    kind = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    return folder / "tokenizer.json" if kind in (None, "PreTrainedTokenizerFast", "TokenizersBackend") else None
+
+
+def token_counter(name: str):
+    """count(text): the text's length in the target model's tokens. On a plain tokenizer.json, the `tokenizers`
+    library runs it directly (what transformers' fast tokenizer runs, so the same counts) and synth sends its
+    first request without the seconds that importing transformers and torch take; else transformers'."""
+    path = plain_tokenizer_file(name)
+    if path is None:
+        tokenizer = load_tokenizer(name)
+        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(path))
+    return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
+
+
 def synth(settings: SynthSettings) -> dict:
     """Run the synthesis; returns (and writes) the summary."""
     output = Path(settings.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(settings.tokenizer)
-    count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    count_tokens = token_counter(settings.tokenizer)
     done = finished_ids(output)
     generator = make_generator(settings)
     cache = ResponseCache(settings.cache_dir or f"{output}.cache")
@@ -252,7 +319,7 @@ def synth(settings: SynthSettings) -> dict:
             if record is None:
                 stats["contexts_without_record"] += 1
             else:
-                append_line(fd, record)
+                append_line(fd, record, output)
                 records_by_task[context.task] += 1
         progress.update(1)
         progress.set_postfix(in_flight=generator.tally.in_flight, records=sum(records_by_task.values()),
@@ -273,17 +340,26 @@ def synth(settings: SynthSettings) -> dict:
                 started += 1
                 while len(pending) >= 2 * settings.concurrency:
                     finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in finished:
-                        task.result()
+                    failed = [task.exception() for task in finished if task.exception()]  # each one retrieved
+                    if failed:
+                        raise failed[0]
                 pending.add(asyncio.create_task(process(build(), fd)))
                 await asyncio.sleep(0)  # let requests start while the next document is read
             for task in asyncio.as_completed(pending):
                 await task
+        except BaseException:  # a failed write, Ctrl-C: stop the rest quietly, then report the first cause
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
         finally:
             os.close(fd)
 
-    asyncio.run(run())
-    progress.close()
+    try:
+        asyncio.run(run())
+    finally:
+        progress.close()  # the bar ends its line before any error is printed
     from tenfold.data.report import write_report
 
+    tokenizer = load_tokenizer(settings.tokenizer)  # with its chat template: record lengths as training sees them
     return write_report(output, settings, generator, tokenizer, skipped, rejected, stats, records_by_task)

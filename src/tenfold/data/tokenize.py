@@ -1,7 +1,10 @@
 """Turn records into token ids and per-token loss weights.
 
-Conversations are rendered with the tokenizer's chat template; only the assistant completions
-(each followed by its end-of-turn token) carry loss unless `context_weight` says otherwise.
+Conversations are rendered with the tokenizer's own chat template (Llama-3's, ChatML, one that adds a
+default system prompt...); only the assistant completions carry loss unless `context_weight` says
+otherwise. An answer's span runs from the end of the template's generation prompt (the role header)
+through its end-of-turn token (<|eot_id|>, <|im_end|>); whitespace the template writes after that
+token (ChatML's newline) belongs to no turn and carries no loss, since generation stops at the token.
 Plain-text records carry loss on every token. Conversations too long for `max_length` lose
 tokens from the middle of the document in their first user turn; the question and every other
 turn are kept whole.
@@ -13,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tenfold.errors import UserError
 
 ROLES = ("user", "assistant", "system")
 MIN_TAIL_TOKENS = 32  # kept at the end of a first user turn that has no "\n\n" before its question
@@ -26,14 +31,55 @@ class Encoded:
     truncated: bool  # True if tokens were removed to fit max_length
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record (or a line of a JSONL file) is malformed."""
+
+
+def binary_file(path: str | Path, head: bytes, first_line: int = 1) -> RecordError | None:
+    """A NUL byte in a file's head (its first 8 KiB, as git and grep look) marks a binary file, not JSON Lines."""
+    if b"\0" not in head:
+        return None
+    line = first_line + head.count(b"\n", 0, head.index(b"\0"))
+    return RecordError(f"{path}, line {line}: a NUL byte, so a binary file, not JSON Lines; "
+                       f"give a .jsonl file of one JSON object per line")
+
+
+def text_line(path: str | Path, number: int, raw: bytes) -> str:
+    """A JSONL line's bytes as text; a binary file or bytes that are not UTF-8 are a RecordError naming the line."""
+    if error := binary_file(path, raw, number):
+        raise error
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}, line {number}, column {e.start + 1}: byte 0x{raw[e.start]:02x} is not UTF-8; "
+                          f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def check_jsonl_bytes(path: str | Path, data: bytes) -> None:
+    """A whole JSONL file's bytes: empty, binary or not UTF-8 is a RecordError naming the file, the line and the fix."""
+    if not data.strip():
+        raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
+                          f"or leave it out")
+    if error := binary_file(path, data[:8192]):
+        raise error
+    try:
+        bad = data.index(b"\0")
+    except ValueError:
+        try:
+            data.decode("utf-8")
+            return
+        except UnicodeDecodeError as e:
+            bad = e.start
+    start = data.rfind(b"\n", 0, bad) + 1
+    end = data.find(b"\n", bad)
+    text_line(path, data.count(b"\n", 0, bad) + 1, data[start:end if end >= 0 else len(data)])
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield one record per non-blank line of a JSONL file."""
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = text_line(path, line_number, raw)
             if not line.strip():
                 continue
             try:
@@ -110,15 +156,7 @@ def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_lengt
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     full = render(turns)
-    spans = []  # character ranges of the assistant completions, end-of-turn token included
-    for i, turn in enumerate(turns):
-        if turn["role"] == "assistant":
-            prefix, upto = render(turns[:i], add_generation_prompt=True), render(turns[:i + 1])
-            if not (full.startswith(prefix) and full.startswith(upto)):
-                raise ValueError(f"record {record_id!r}: the chat template renders turn {i} differently depending "
-                                 f"on the turns after it, so assistant spans cannot be found; use a template whose "
-                                 f"rendering of a conversation's first turns is a prefix of the whole rendering")
-            spans.append((len(prefix), len(upto)))
+    spans = _assistant_spans(record_id, turns, render, full, _special_texts(tokenizer))
 
     # The context weight goes on what the user wrote (the document, the questions), never on the
     # template's markup: a header's "\n\n" is followed by the document in user turns and by the answer
@@ -126,8 +164,10 @@ def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_lengt
     context = _user_content_spans(record_id, turns, render, full) if context_weight else []
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoding["input_ids"]), encoding["offset_mapping"]
-    weights = [1.0 if any(s <= a and b <= e for s, e in spans)
-               else context_weight if any(s <= a and b <= e for s, e in context) else 0.0 for a, b in offsets]
+    # A token belongs to the span it ends in: one that starts in the header and ends in the answer (" 42"
+    # after a header "assistant:") is the answer's first token, as the model must write it.
+    weights = [1.0 if any(s < b <= e for s, e in spans)
+               else context_weight if any(s < b <= e for s, e in context) else 0.0 for _, b in offsets]
     weights[0] = 0.0
     overflow = len(ids) - max_length
     if overflow <= 0:
@@ -142,13 +182,46 @@ def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_lengt
     return Encoded(record_id, ids[:head] + ids[head + overflow:], weights, True)
 
 
+def _assistant_spans(record_id: str, turns: list[dict], render, full: str,
+                     special: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Character ranges of the assistant answers, each with its end-of-turn token: from the end of the
+    generation prompt (the role header) to the end of the turn's closing special token. Whitespace a
+    template writes after that token (ChatML's "\\n" after <|im_end|>) belongs to no turn: generation stops
+    at the token, so the model never writes it. Text before the token, a newline included, is the turn's."""
+    spans = []
+    for i, turn in enumerate(turns):
+        if turn["role"] == "assistant":
+            prefix, upto = render(turns[:i], add_generation_prompt=True), render(turns[:i + 1])
+            if not (full.startswith(prefix) and upto.startswith(prefix) and full.startswith(upto)):
+                raise ValueError(f"record {record_id!r}: the chat template renders turn {i} differently depending "
+                                 f"on the turns after it, so assistant spans cannot be found; use a template whose "
+                                 f"rendering of a conversation's first turns is a prefix of the whole rendering")
+            closed = upto.rstrip()
+            end = len(closed) if closed.endswith(special) and len(closed) > len(prefix) else len(upto)
+            spans.append((len(prefix), end))
+    return spans
+
+
+def _special_texts(tokenizer) -> tuple[str, ...]:
+    """The special tokens' texts (eos, and added tokens marked special such as Llama-3's <|eot_id|>)."""
+    added = (token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+    return tuple({*tokenizer.all_special_tokens, *added} - {""})
+
+
+def _content_start(turns: list[dict], i: int, render) -> int:
+    """Where turn i's content begins in the rendering: after the turns before it, the default system prompt
+    a template may add, and the turn's header (found by rendering a marker in place of the content)."""
+    marker = "\x00tenfold-content\x00"
+    return render(turns[:i] + [{**turns[i], "content": marker}]).index(marker)
+
+
 def _user_content_spans(record_id: str, turns: list[dict], render, full: str) -> list[tuple[int, int]]:
     """Character ranges of every user turn's content inside the rendered conversation."""
     spans = []
     for i, turn in enumerate(turns):
         if turn["role"] == "user":
             content = turn["content"].strip()  # the template trims content (Llama-3's does)
-            start = full.find(content, len(render(turns[:i])) if i else 0)
+            start = full.find(content, _content_start(turns, i, render))
             if start < 0:
                 raise ValueError(f"record {record_id!r}: the chat template does not write user turn {i} verbatim, "
                                  f"so data.context_weight cannot find its tokens; set data.context_weight to 0")
@@ -161,7 +234,7 @@ def _context_tokens(record_id: str, turns: list[dict], render, full: str,
     """(first index, count) of the tokens that may be cut: the document in the first user turn."""
     u = next(i for i, turn in enumerate(turns) if turn["role"] == "user")
     content = turns[u]["content"].strip()  # the template trims content (Llama-3's does)
-    start = full.find(content, len(render(turns[:u])) if u else 0)
+    start = full.find(content, _content_start(turns, u, render))
     if start < 0:
         raise ValueError(f"record {record_id!r}: the chat template does not write the first user turn verbatim, "
                          f"so its document cannot be located for truncation; use a template that keeps content as is")

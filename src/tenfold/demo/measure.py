@@ -18,7 +18,7 @@ import torch
 
 from tenfold.demo.world import diary, needle_case
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import mean, run_cases
+from tenfold.eval.runner import claim_predictions, mean, model_lengths, run_cases
 
 ANSWER_TOKENS = 3  # the number, the end-of-turn token, and one spare
 
@@ -28,15 +28,19 @@ def exact_match(case: dict, prediction: str) -> dict:
 
 
 def needle_grid(backend, out_dir: str | Path, name: str, lengths: list[int], depths: list[float],
-                samples: int, native_length: int, title: str) -> list[dict]:
-    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png; returns the GRID."""
+                samples: int, title: str, overwrite: bool = False) -> list[dict]:
+    """Accuracy per (length, depth) cell; writes NAME.predictions.jsonl and NAME.png (with the model's native
+    and training lengths marked); returns the GRID. Predictions there made otherwise (another model, RoPE,
+    grid) are refused, or discarded with `overwrite`."""
     out_dir = Path(out_dir)
     cases = [needle_case(backend.tokenizer, length, depth, random.Random(f"needle-{length}-{depth:g}-{k}"),
                          f"L{length}-D{depth:g}-{k}")
              for length in lengths for depth in depths for k in range(samples)]
-    records = run_cases(backend, cases, out_dir / f"{name}.predictions.jsonl", ANSWER_TOKENS, exact_match,
-                        desc=f"needle {name}")
-    heatmap(records, out_dir / f"{name}.png", title, training_length=native_length, length_label="native length")
+    path = out_dir / f"{name}.predictions.jsonl"
+    claim_predictions(backend, path, {"lengths": lengths, "depths": depths, "samples": samples,
+                                      "max_new_tokens": ANSWER_TOKENS}, overwrite)
+    records = run_cases(backend, cases, path, ANSWER_TOKENS, exact_match, desc=f"needle {name}")
+    heatmap(records, out_dir / f"{name}.png", title, lengths=model_lengths(backend))
     return [{"length": length, "depth": depth,
              "accuracy": mean(r["score"] for r in records if r["length"] == length and r["depth"] == depth)}
             for length in lengths for depth in depths]
@@ -69,11 +73,14 @@ def loss_by_position(model, tokenizer, native_length: int, factor: int = 10, n_d
     return [float(per_token[(positions // native_length) == i].mean()) for i in range(factor)]
 
 
-def short_check(backend, out_dir: str | Path, name: str, native_length: int, samples: int = 100) -> float:
+def short_check(backend, out_dir: str | Path, name: str, native_length: int, samples: int = 100,
+                overwrite: bool = False) -> float:
     """Exact match on `samples` short questions: one fact in a diary of 32..native tokens, any depth."""
     rng = random.Random("short-check")
     cases = [needle_case(backend.tokenizer, rng.randint(32, native_length), rng.choice([0, 25, 50, 75, 100]),
                          random.Random(f"short-{k}"), f"short-{k}") for k in range(samples)]
-    records = run_cases(backend, cases, Path(out_dir) / f"{name}.predictions.jsonl", ANSWER_TOKENS, exact_match,
-                        desc=f"short {name}")
+    path = Path(out_dir) / f"{name}.predictions.jsonl"
+    claim_predictions(backend, path, {"native_length": native_length, "samples": samples,
+                                      "max_new_tokens": ANSWER_TOKENS}, overwrite)
+    records = run_cases(backend, cases, path, ANSWER_TOKENS, exact_match, desc=f"short {name}")
     return mean(r["score"] for r in records)

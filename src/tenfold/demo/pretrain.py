@@ -159,7 +159,7 @@ def measure_base(model_dir: Path) -> dict:
     backend = load_backend(str(model_dir), max_length=10 * NATIVE_LENGTH + 8, batch_size=32)
     work = model_dir / "measure"
     grid = needle_grid(backend, work, "needle", [NATIVE_LENGTH, 10 * NATIVE_LENGTH], [0, 25, 50, 75, 100], 20,
-                       NATIVE_LENGTH, "toy-llama")
+                       "toy-llama")
     figures = {"needle": grid, "loss_by_position": loss_by_position(backend.model, backend.tokenizer, NATIVE_LENGTH),
                "short_check": short_check(backend, work, "short", NATIVE_LENGTH)}
     shutil.rmtree(work)

@@ -82,7 +82,7 @@ def targets(rows: dict) -> list[tuple[str, str, bool]]:
 
 
 def write_report(out: Path, results: dict, rows: dict, timings: dict, training: dict, theta: float, quick: bool) -> Path:
-    native, factor = results["native_length"], results["rope_factor"]
+    native, factor, trained = results["native_length"], results["rope_factor"], results["training_length"]
     loss_plot(results, out / "loss.png", native)
     numbers = {name: summary_row(results, name) for name in LABELS}
     said = sentences(numbers, factor, training["steps"])
@@ -91,9 +91,10 @@ def write_report(out: Path, results: dict, rows: dict, timings: dict, training: 
     depths = len({c["depth"] for c in results["before"]})
     lines = [
         "# tenfold demo: ten-fold context on a CPU", "",
-        f"Base `tenfold/toy-llama`: native context {native} tokens, RoPE base {theta:g}. Extension: RoPE base "
+        f"Base `tenfold/toy-llama`: native length {native:,} tokens, RoPE base {theta:g}. Extension: RoPE base "
         f"x{factor:g} ({theta * factor:g}; the paper's factor is x400) and QLoRA through `tenfold train` with "
-        f"`recipes/demo-cpu.yaml`, on data from `tenfold synth` (offline generator) and `tenfold mix`."
+        f"`recipes/demo-cpu.yaml`, on data from `tenfold synth` (offline generator) and `tenfold mix`; training "
+        f"length {trained:,} tokens per sequence."
         + (" **Quick run (`--quick`): a small grid and a few training steps; the numbers show the pipeline works, "
            "not what the method reaches.**" if quick else ""), "",
         "## Needle in a haystack (exact match; depth down the side, length in tokens along the bottom)", "",

@@ -39,10 +39,11 @@ def recipe_path() -> Path:
 
 
 def measure(name: str, backend, out: Path, lengths: list[int], depths: list[float], sizes: dict,
-            native: int, title: str) -> dict:
-    grid = needle_grid(backend, out, name, lengths, depths, sizes["needle_samples"], native, title)
+            native: int, title: str, overwrite: bool = False) -> dict:
+    grid = needle_grid(backend, out, name, lengths, depths, sizes["needle_samples"], title, overwrite)
     loss = loss_by_position(backend.model, backend.tokenizer, native, FACTOR, sizes["loss_documents"])
-    return {"grid": grid, "loss": loss, "short": short_check(backend, out, f"{name}.short", native, sizes["short_check"])}
+    short = short_check(backend, out, f"{name}.short", native, sizes["short_check"], overwrite)
+    return {"grid": grid, "loss": loss, "short": short}
 
 
 def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> Path:
@@ -75,8 +76,10 @@ def make_training_data(out: Path, model_path: str, native: int, sizes: dict) -> 
     return mixed
 
 
-def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor: float | None = None) -> dict:
-    """Run the demo into output_dir; returns what results.json holds."""
+def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor: float | None = None,
+         overwrite: bool = False) -> dict:
+    """Run the demo into output_dir; returns what results.json holds. Its predictions are keyed like eval's:
+    those made otherwise (another model, RoPE, grid) are refused, or discarded with `overwrite`."""
     from transformers import AutoConfig
 
     from tenfold.eval.backends import load_backend
@@ -108,10 +111,10 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
 
     rows["before"] = stage("base model", lambda: measure(
         "before", load_backend(BASE_MODEL, **options), out / "before", lengths, depths, sizes, native,
-        f"base ({BASE_MODEL}, RoPE base {theta:g})"))
+        f"base ({BASE_MODEL}, RoPE base {theta:g})", overwrite))
     rows["rope_only"] = stage("RoPE base raised, no training", lambda: measure(
         "rope_only", load_backend(BASE_MODEL, rope_theta=theta * factor, **options), out / f"rope-x{factor:g}",
-        lengths, depths, sizes, native, f"RoPE base x{factor:g} ({theta * factor:g}), no training"))
+        lengths, depths, sizes, native, f"RoPE base x{factor:g} ({theta * factor:g}), no training", overwrite))
     data = stage("synth + mix", lambda: make_training_data(out, model_path, native, sizes))
     run_dir = out / f"train-x{factor:g}"
     overrides = {"data.train_files": [str(data)], "train.output_dir": str(run_dir), "rope.theta_factor": factor}
@@ -123,9 +126,9 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
     training = json.loads((run_dir / "summary.json").read_text())
     rows["after"] = stage("after training", lambda: measure(
         "after", load_backend(str(run_dir), **options), out / f"after-x{factor:g}", lengths, depths, sizes, native,
-        f"RoPE base x{factor:g} + QLoRA, {training['steps']} steps"))
+        f"RoPE base x{factor:g} + QLoRA, {training['steps']} steps", overwrite))
 
-    results = {"native_length": native, "rope_factor": factor,
+    results = {"native_length": native, "training_length": recipe.data.max_length, "rope_factor": factor,
                **{name: row["grid"] for name, row in rows.items()},
                "loss_by_position": {name: row["loss"] for name, row in rows.items()},
                "short_check": {name: row["short"] for name, row in rows.items()},

@@ -84,20 +84,21 @@ class Backend:
 
 
 def model_identity(model: str) -> dict:
-    """A local model by its absolute path, a hub id as is; a `tenfold train` output also by its adapter."""
+    """A local model by its absolute path, a hub id as is; a `tenfold train` output by its base model and its
+    adapter's weights, not its folder (a moved or copied run keeps its predictions)."""
     from tenfold.train.model import resolve_model_path
 
     path = resolve_model_path(model)
     if not Path(path).exists():
         return {"model": path}
-    identity = {"model": str(Path(path).resolve())}
-    if is_adapter_dir(path):
-        from tenfold.eval.runner import file_sha256
-        from tenfold.train.merge import adapter_dir
+    if not is_adapter_dir(path):
+        return {"model": str(Path(path).resolve())}
+    from tenfold.eval.runner import file_sha256
+    from tenfold.train.merge import adapter_dir
 
-        weights = adapter_dir(path) / "adapter_model.safetensors"
-        identity["adapter_sha256"] = file_sha256(weights) if weights.is_file() else None
-    return identity
+    weights = adapter_dir(path) / "adapter_model.safetensors"
+    return {"model": json.loads((adapter_dir(path) / "tenfold.json").read_text()).get("base_model"),
+            "adapter_sha256": file_sha256(weights) if weights.is_file() else None}
 
 
 class TransformersBackend(Backend):

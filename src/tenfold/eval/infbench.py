@@ -23,7 +23,7 @@ from pathlib import Path
 from tenfold.data.tokenize import read_jsonl
 from tenfold.eval.longbench import cache_dir
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
-from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
 MAX_NEW_TOKENS = {"longbook_qa_eng": 40, "longbook_sum_eng": 1200}  # InfiniteBench eval_utils.py
@@ -127,7 +127,7 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
                          chat=settings["chat"], desc=f"infbench {task}")
         scores[task] = 100 * mean(r["score"] for r in done)
         records += done
-    summary = {"benchmark": "infbench", "model": backend.describe(), "preset": preset, "template_set": template_set,
+    summary = {"benchmark": "infbench", "model": describe(backend), "preset": preset, "template_set": template_set,
                "truncate_length": truncate_length, "summary_metric": settings["sum_metric"], "scores": scores,
                "score": mean(scores.values())}
     return write_outputs(out, "infbench", records, summary)

@@ -33,7 +33,7 @@ import numpy as np
 
 from tenfold.data.tokenize import read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
-from tenfold.eval.runner import check_length, claim_predictions, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
 
 CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
     "Single-Doc QA": ["narrativeqa", "qasper", "multifieldqa_en"],
@@ -245,7 +245,7 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
             scores[dataset] = score(dataset, predictions, answers, all_classes)
         records += done
 
-    summary = {"benchmark": name, "model": backend.describe(), "preset": preset, "truncate_length": truncate_length,
+    summary = {"benchmark": name, "model": describe(backend), "preset": preset, "truncate_length": truncate_length,
                "scores": scores}
     if longbench_e:  # the table per length bucket; "score": the mean of the bucket averages
         summary["buckets"] = {bucket: summarize({d: s[bucket] for d, s in scores.items() if s[bucket] == s[bucket]},

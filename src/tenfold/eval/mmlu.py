@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tenfold.data.tokenize import read_jsonl
-from tenfold.eval.runner import claim_predictions, load_finished, write_outputs
+from tenfold.eval.runner import claim_predictions, describe, load_finished, write_outputs
 
 LETTERS = ("A", "B", "C", "D")
 PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
@@ -183,6 +183,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
             bar.update(len(batch))
 
     records = [finished[q["id"]] for q in questions]
-    summary = {"benchmark": "mmlu", "model": backend.describe(), "preset": preset,
+    summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
                "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"])}
     return write_outputs(out, "mmlu", records, summary)

@@ -31,7 +31,7 @@ import numpy as np
 
 from tenfold.eval.metrics import Judge, rouge_l_recall
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 
 @dataclass
@@ -45,7 +45,7 @@ class NeedlePreset:
     max_new_tokens: int
     buffer: int = 0  # tokens kept free within each length (gkamradt: room for the question and answer)
     sentence_boundary: bool = True
-    training_length: int | None = None  # marked on the heatmap
+    training_length: int | None = None  # marked on the heatmap; by default the model's own (see model_lengths)
 
 
 PRESETS = {
@@ -57,7 +57,7 @@ PRESETS = {
                "memorize it. I will quiz you about the important information there.\n",  # sic, "infomation"
         lengths=list(range(8000, 128001, 8000)),
         depths=[int(d) for d in np.linspace(0, 100, 10).astype(int)],
-        max_new_tokens=50, training_length=80000),
+        max_new_tokens=50),
     "original": NeedlePreset(
         needle="\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n",
         answer="eat a sandwich and sit in Dolores Park on a sunny day",
@@ -174,10 +174,10 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
 
     cells = run_cases(backend, cases, out / "needle.predictions.jsonl", settings.max_new_tokens, score, desc="needle")
     vmax = 10 if scorer == "judge" else 1
+    model = describe(backend, settings.training_length)
     heatmap(cells, out / "needle.png", f"Needle In A HayStack: {backend.name} ({preset} preset, "
-            f"{cells[0]['scorer']})", vmin=1 if scorer == "judge" else 0, vmax=vmax,
-            training_length=settings.training_length)
-    summary = {"benchmark": "needle", "model": backend.describe(), "preset": preset, "scorer": cells[0]["scorer"],
+            f"{cells[0]['scorer']})", vmin=1 if scorer == "judge" else 0, vmax=vmax, lengths=model)
+    summary = {"benchmark": "needle", "model": model, "preset": preset, "scorer": cells[0]["scorer"],
                "haystack": str(haystack or "toy"), "score": mean(c["score"] for c in cells),
                "settings": {k: v for k, v in asdict(settings).items()},
                "by_length": {str(L): mean(c["score"] for c in cells if c["length"] == L) for L in settings.lengths}}

@@ -16,7 +16,7 @@ import numpy as np
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.needle import fill, insertion_point
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 PREFIX = ("There is an important infomation hidden in the following context. Find the information and memorize it. "
           "I will quiz you about the important information there.\n")  # sic, as in the paper's code
@@ -63,8 +63,9 @@ def run_passkey(backend, output_dir: str | Path, lengths: list[int] | None = Non
         return {"score": float(first_integer(prediction) == case["key"])}
 
     cells = run_cases(backend, cases, out / "passkey.predictions.jsonl", max_new_tokens, score, desc="passkey")
-    heatmap(cells, out / "passkey.png", f"Passkey retrieval: {backend.name} (exact match)", training_length=training_length)
-    summary = {"benchmark": "passkey", "model": backend.describe(), "scorer": "exact-match", "seed": seed,
+    model = describe(backend, training_length)
+    heatmap(cells, out / "passkey.png", f"Passkey retrieval: {backend.name} (exact match)", lengths=model)
+    summary = {"benchmark": "passkey", "model": model, "scorer": "exact-match", "seed": seed,
                "score": mean(c["score"] for c in cells),
                "by_length": {str(L): mean(c["score"] for c in cells if c["length"] == L) for L in lengths}}
     return write_outputs(out, "passkey", cells, summary)

@@ -15,11 +15,28 @@ from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 NEEDLE_CMAP = LinearSegmentedColormap.from_list("custom_cmap", ["#F0496E", "#EBB839", "#0CD79F"])
 
 
+# How the model's lengths are drawn on a heatmap: label, colour, dash pattern.
+LENGTH_MARKS = {"native_length": ("native length", "#1f4fd1", (0, (5, 3))),
+                "training_length": ("training length", "#111111", (0, (1, 2)))}
+
+
+def length_marks(xs: list[int], lengths: dict[str, int | None]) -> list[tuple[int, str, str, tuple]]:
+    """(x position, label, colour, dashes) of each known length: between the last column within it and the
+    first beyond it; none for a length shorter than every column."""
+    marks = []
+    for key, (label, color, dashes) in LENGTH_MARKS.items():
+        value = lengths.get(key)
+        inside = sum(x <= value for x in xs) if value is not None else 0
+        if inside:
+            marks.append((inside, f"{label} {value:,}", color, dashes))
+    return marks
+
+
 def heatmap(cells: list[dict], path: str | Path, title: str, vmin: float = 0.0, vmax: float = 1.0,
-            training_length: int | None = None, x_key: str = "length", y_key: str = "depth",
-            length_label: str = "training length") -> Path:
-    """Mean score per (depth, length) cell: depth down the side, length along the bottom; a dashed line
-    after the last length within `training_length`, labelled `length_label`."""
+            lengths: dict[str, int | None] | None = None, x_key: str = "length", y_key: str = "depth") -> Path:
+    """Mean score per (depth, length) cell: depth down the side, length along the bottom; for each of the
+    model's `lengths` that is known ({"native_length": 8192, "training_length": 81920}), a dashed line after
+    the last length within it, labelled with what it is and its value."""
     xs = sorted({c[x_key] for c in cells})
     ys = sorted({c[y_key] for c in cells})
     grid = np.full((len(ys), len(xs)), np.nan)
@@ -38,13 +55,11 @@ def heatmap(cells: list[dict], path: str | Path, title: str, vmin: float = 0.0, 
     ax.set_xlabel("Token Limit")
     ax.set_ylabel("Depth Percent")
     ax.set_title(title)
-    if training_length is not None:
-        # Between the last length within training and the first beyond it.
-        inside = sum(x <= training_length for x in xs)
-        if 0 < inside < len(xs) or inside == len(xs):
-            ax.axvline(inside, color="#1f4fd1", linestyle="--", linewidth=2.5,
-                       label=f"{length_label} {training_length:,}")
-            ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False)
+    marks = length_marks(xs, lengths or {})
+    for position, label, color, dashes in marks:
+        ax.axvline(position, color=color, linestyle=dashes, linewidth=2.5, label=label)
+    if marks:
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False, ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from tenfold.eval.metrics import string_match_all
-from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH = ("Some special magic {type_v} are hidden within the following text. Make sure to memorize it. I will quiz you "
@@ -176,7 +176,7 @@ def run_ruler(backend, output_dir: str | Path, tasks: list[str] | None = None, l
     records.sort(key=lambda r: order[r["id"]])
     table = {task: {str(L): mean(r["score"] for r in records if r["task"] == task and r["length"] == L)
                     for L in lengths} for task in tasks}
-    summary = {"benchmark": "ruler", "model": backend.describe(), "scorer": "string_match_all", "samples": samples,
+    summary = {"benchmark": "ruler", "model": describe(backend), "scorer": "string_match_all", "samples": samples,
                "score": mean(r["score"] for r in records), "by_task_and_length": table,
                "by_length": {str(L): mean(table[t][str(L)] for t in tasks) for L in lengths}}
     return write_outputs(out, "ruler", records, summary)

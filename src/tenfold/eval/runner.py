@@ -61,6 +61,21 @@ def load_finished(path: Path) -> dict[str, dict]:
     return finished
 
 
+def model_lengths(backend, training_length: int | None = None) -> dict:
+    """The model's native length and the length tenfold trained it at (None where not known: a model behind
+    an API, or one tenfold did not train); `training_length` given by the user wins."""
+    from tenfold.rope import model_lengths as config_lengths
+
+    config = getattr(getattr(backend, "model", None), "config", None)
+    lengths = config_lengths(config) if config is not None else {"native_length": None, "training_length": None}
+    return {**lengths, **({"training_length": training_length} if training_length else {})}
+
+
+def describe(backend, training_length: int | None = None) -> dict:
+    """What a report says about the model: the backend's own description and the model's lengths."""
+    return {**backend.describe(), **model_lengths(backend, training_length)}
+
+
 def backend_identity(backend) -> dict:
     """What identifies a backend's predictions: `Backend.identity()`, or a stand-in's type and name."""
     identity = getattr(backend, "identity", None)

@@ -14,8 +14,9 @@ The suite is the `eval:` section of a YAML file (a recipe may carry it):
         longbench: {preset: paper}
 
 Each model's results go to OUTPUT_DIR/<model>/ (each benchmark resumes from its predictions file);
-the table goes to OUTPUT_DIR/summary.md and summary.json: one row per benchmark score, plus a row
-per length / group / task where a benchmark reports them, one column per model.
+the table goes to OUTPUT_DIR/summary.md and summary.json: each model's native and training lengths,
+one row per benchmark score, plus a row per length / group / task where a benchmark reports them, one
+column per model.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import math
 from importlib import import_module
 from pathlib import Path
 
-import yaml
-
 from tenfold.eval.backends import load_backend
+from tenfold.eval.runner import model_lengths
+from tenfold.recipe import read_recipe_file
 
 BENCHMARKS = {
     "needle": "tenfold.eval.needle:run_needle",
@@ -45,10 +46,7 @@ def load_suite(suite: str | Path | dict) -> dict:
     if isinstance(suite, dict):
         raw, source = suite, "suite"
     else:
-        source = str(suite)
-        if not Path(suite).is_file():
-            raise FileNotFoundError(f"suite file {suite} not found")
-        raw = yaml.safe_load(Path(suite).read_text()) or {}
+        raw, source = read_recipe_file(suite, "suite"), str(suite)
     section = raw.get("eval", raw)
     models, benchmarks = section.get("models"), section.get("benchmarks")
     if not isinstance(models, dict) or not models or not isinstance(benchmarks, dict) or not benchmarks:
@@ -76,15 +74,18 @@ def summary_rows(benchmark: str, summary: dict) -> dict[str, float]:
 
 def markdown_table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
     def cell(value):
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {row} | " + " | ".join(cell(values.get(c)) for c in columns) + " |" for row, values in rows.items()]
     return "\n".join(lines) + "\n"
 
 
-def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
-    """Run every benchmark for every model; returns {"models", "benchmarks", "rows", "summaries"}."""
+def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool = False) -> dict:
+    """Run every benchmark for every model; returns {"models", "benchmarks", "rows", "summaries"}.
+    Predictions in output_dir made otherwise are refused, or discarded with `overwrite`."""
     settings = load_suite(suite)
     out = Path(output_dir)
     rows: dict[str, dict[str, float]] = {}
@@ -93,9 +94,12 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path) -> dict:
         spec = {**settings["backend_options"], **spec}
         backend = load_backend(spec.pop("model"), spec.pop("backend", "transformers"), spec.pop("rope_theta", None),
                                spec.pop("tokenizer", None), **spec)
+        for key, length in model_lengths(backend).items():
+            rows.setdefault(key.replace("_", " "), {})[model_name] = length
         for benchmark, options in settings["benchmarks"].items():
             module, function = BENCHMARKS[benchmark].split(":")
-            summary = getattr(import_module(module), function)(backend, out / model_name, **(options or {}))
+            summary = getattr(import_module(module), function)(backend, out / model_name, overwrite=overwrite,
+                                                               **(options or {}))
             summaries.setdefault(benchmark, {})[model_name] = summary
             for row, value in summary_rows(benchmark, summary).items():
                 rows.setdefault(row, {})[model_name] = value

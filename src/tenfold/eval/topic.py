@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tenfold.data.tokenize import RecordError, read_jsonl
 from tenfold.eval.plots import line_plot
-from tenfold.eval.runner import check_length, claim_predictions, mean, run_cases, write_outputs
+from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 NUM_TOPICS = [5, 10, 15, 20, 25, 30, 40, 50, 60, 70]  # the paper's groups
 QUESTION = " Now the record ends. What is the first topic we discussed? Only give me the topic name. Do not summarize yourself."
@@ -106,7 +106,7 @@ def run_topic(backend, output_dir: str | Path, data: str | Path | None = None, n
     groups = sorted({r["num_topics"] for r in records})
     accuracy = {n: mean(r["score"] for r in records if r["num_topics"] == n) for n in groups}
     line_plot({backend.name: accuracy}, out / "topic.png", "Topic retrieval (first topic)", "Number of topics")
-    summary = {"benchmark": "topic", "model": backend.describe(), "scorer": "substring-accuracy",
+    summary = {"benchmark": "topic", "model": describe(backend), "scorer": "substring-accuracy",
                "data": str(data or "generated"), "score": mean(accuracy.values()),
                "by_num_topics": {str(n): a for n, a in accuracy.items()}}
     return write_outputs(out, "topic", records, summary)

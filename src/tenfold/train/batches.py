@@ -11,10 +11,12 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetGenerationError
 import torch
+from tqdm import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tenfold.data import tokenize
-from tenfold.data.tokenize import RecordError, encode_record, read_jsonl
+from tenfold.data.report import record_tokens
+from tenfold.data.tokenize import RecordError, check_jsonl_bytes, encode_record, read_jsonl
 from tenfold.data.toy import toy_records, write_jsonl
 from tenfold.recipe import Recipe
 
@@ -40,10 +42,14 @@ def _encoded_rows(files: list[str], tokenizer, max_length: int, context_weight: 
                 try:
                     encoded = encode_record(record, tokenizer, max_length, context_weight)
                 except RecordError as e:
-                    print(f"{file}: {e} (skipped)", file=sys.stderr)
+                    tqdm.write(f"{file}: {e} (skipped)", file=sys.stderr)  # above datasets' progress bar
                     yield _skipped(str(record.get("id", "?")) if isinstance(record, dict) else "?", "malformed record")
                     continue
                 if encoded is None:
+                    tqdm.write(f"{file}: record {record.get('id', '?')!r} skipped: {record_tokens(record, tokenizer)} "
+                               f"tokens, and cutting its document cannot bring it to data.max_length {max_length} "
+                               f"(its questions and answers alone are longer); raise data.max_length or shorten "
+                               f"the record", file=sys.stderr)
                     yield _skipped(str(record["id"]), f"longer than {max_length} tokens after truncation")
                     continue
                 yield {"id": encoded.id, "input_ids": encoded.input_ids, "weights": encoded.weights,
@@ -69,12 +75,16 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
     files = [str(resolve_data_file(f, out).resolve()) for f in recipe.data.train_files]
     if not files:
         raise ValueError("no training data: set data.train_files in the recipe or pass --data FILE")
+    digests = {}
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"training data file {f} not found")
+        data = Path(f).read_bytes()
+        check_jsonl_bytes(f, data)  # empty, binary, not UTF-8: named here, before datasets' own messages
+        digests[f] = hashlib.sha256(data).hexdigest()
     # The fingerprint covers the inputs' bytes, so an edited file is re-encoded.
     key = hashlib.sha256(json.dumps({
-        "files": {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files},
+        "files": digests,
         "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "template": tokenizer.chat_template,
         "max_length": recipe.data.max_length, "context_weight": recipe.data.context_weight,
         "encoder": hashlib.sha256(Path(tokenize.__file__).read_bytes()).hexdigest(),  # new code, new encoding

@@ -1,0 +1,30 @@
+"""User errors: mistakes the user can fix, shown as one line (the file, line or key, and the fix), exit code 2.
+
+Raise UserError (or one of its kinds: RecipeError, RecordError) for bad input; `tenfold`'s main() prints
+`tenfold VERB: error: MESSAGE` and exits 2, with no traceback unless --debug or TENFOLD_DEBUG=1 is given.
+ValueError, FileNotFoundError and OSErrors that name a file, raised by tenfold's own checks before this
+class existed, are shown the same way; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class UserError(ValueError):  # a ValueError, so callers that catch ValueError keep working
+    pass
+
+
+def debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("TENFOLD_DEBUG", "") not in ("", "0")
+
+
+def one_line(error: BaseException) -> str | None:
+    """The error as the one line a user sees, or None if it is not a user error (a bug: show the traceback)."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        text = str(error)
+    elif isinstance(error, OSError) and error.filename:  # a full disk, no permission: the path and why
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        return None
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__

@@ -1,0 +1,113 @@
+"""User errors across verbs (issue 14): one line naming the file, line or key and the fix, exit 2, no traceback;
+--debug (anywhere on the line) or TENFOLD_DEBUG=1 shows the traceback instead. Bad training data files too."""
+
+import pytest
+
+from tenfold.cli import main
+from tenfold.data.toy import toy_records, write_jsonl
+from tenfold.recipe import RecipeError
+
+
+def files(tmp_path):
+    (tmp_path / "bad-key.yaml").write_text("train:\n  max_steps: 2\n  bogus: 1\n")
+    (tmp_path / "bad-synth.yaml").write_text("model:\n  name: tenfold/tiny-llama\nsynth:\n  bogus: 1\n")
+    (tmp_path / "bad-yaml.yaml").write_text("train:\n  max_steps: [2\n")
+    return tmp_path
+
+
+CASES = {  # name: (argv, what the one line must say); {t} is the test's folder
+    "recipe key": (["train", "--recipe", "{t}/bad-key.yaml"],
+                   "tenfold train: error: {t}/bad-key.yaml: unknown recipe key 'train.bogus'; allowed: "),
+    "recipe value": (["train", "--train.max_steps", "abc"], "tenfold train: error: train.max_steps: expected int"),
+    "synth key": (["synth", "--corpus", "tenfold/toy", "--output", "{t}/s.jsonl", "--recipe", "{t}/bad-synth.yaml"],
+                  "tenfold synth: error: {t}/bad-synth.yaml: unknown synth key 'bogus'; allowed: "),
+    "synth value": (["synth", "--corpus", "tenfold/toy", "--output", "{t}/s.jsonl", "--concurrency", "0"],
+                    "tenfold synth: error: synth.concurrency is 0; give 1 or more requests in flight"),
+    "bad YAML": (["plan", "--recipe", "{t}/bad-yaml.yaml"], "tenfold plan: error: {t}/bad-yaml.yaml: not valid YAML: "),
+    "missing file": (["mix", "--output", "{t}/m.jsonl", "--synthetic", "{t}/nope.jsonl", "--tokenizer",
+                      "tenfold/tiny-llama"], "tenfold mix: error: no such file: {t}/nope.jsonl"),
+    "missing suite": (["eval", "all", "--suite", "{t}/nope.yaml", "--output-dir", "{t}/e"],
+                      "tenfold eval: error: suite file {t}/nope.yaml not found; give an existing YAML file"),
+    "flag combination": (["synth", "--corpus", "tenfold/toy", "--output", "{t}/s.jsonl", "--generator",
+                          "transformers"], "tenfold synth: error: --generator transformers needs --model"),
+    "missing flag": (["merge", "{t}/run"], "tenfold merge: error: the following arguments are required: "
+                                           "--output-dir; see tenfold merge --help"),
+    "flag value": (["demo", "--rope-factor", "ten"], "tenfold demo: error: argument --rope-factor: invalid float "
+                                                    "value: 'ten'; see tenfold demo --help"),
+}
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("synth:")]  # progress
+    assert exit.value.code == 2 and len(lines) == 1, err  # no usage, no traceback, nothing else
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_user_error_is_one_line_naming_where_and_the_fix_with_exit_2(case, tmp_path, capsys):
+    t = files(tmp_path)
+    argv, expected = CASES[case]
+    line = error_line(capsys, [arg.format(t=t) for arg in argv])
+    assert line.startswith(expected.format(t=t)), line
+
+
+@pytest.mark.parametrize("how", ["--debug first", "--debug last", "TENFOLD_DEBUG=1"])
+def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
+    argv = ["train", "--recipe", str(files(tmp_path) / "bad-key.yaml")]
+    if how == "TENFOLD_DEBUG=1":
+        monkeypatch.setenv("TENFOLD_DEBUG", "1")
+    else:
+        argv = ["--debug", *argv] if how == "--debug first" else [*argv, "--debug"]
+    with pytest.raises(RecipeError, match="unknown recipe key 'train.bogus'"):
+        main(argv)
+
+
+def bad_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.jsonl"
+    good = write_jsonl(toy_records(3, seed=1), tmp_path / "good.jsonl").read_bytes()
+    path.write_bytes({"latin-1": good + '{"text": "café"}\n'.encode("latin-1"),
+                      "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
+                      "empty": b"\n  \n"}[kind])
+    return path
+
+
+BAD_FILES = {"latin-1": ", line 4, column 14: byte 0xe9 is not UTF-8; save the file as UTF-8",
+             "binary": ", line 3: a NUL byte, so a binary file, not JSON Lines; give a .jsonl file",
+             "empty": ": empty (no records); give a JSONL file with one JSON object per line"}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+@pytest.mark.parametrize("verb", ["mix", "train"])
+def test_a_bad_training_file_is_named_with_its_line_and_the_fix(verb, kind, tmp_path, capsys):
+    path = bad_file(tmp_path, kind)
+    argv = {"mix": ["mix", "--output", str(tmp_path / "m.jsonl"), "--plain", str(path), "--tokenizer",
+                    "tenfold/tiny-llama"],
+            "train": ["train", "--recipe", "recipes/tiny-cpu.yaml", "--data", str(path), "--output-dir",
+                      str(tmp_path / "run")]}[verb]
+    assert error_line(capsys, argv) == f"tenfold {verb}: error: {path}{BAD_FILES[kind]}" + {
+        "latin-1": " (e.g. iconv -f latin1 -t utf-8)", "binary": " of one JSON object per line",
+        "empty": ", or leave it out"}[kind]
+
+
+def test_skip_messages_go_above_the_progress_bar_and_a_record_too_long_says_its_length(tmp_path, monkeypatch):
+    from tenfold.recipe import load_recipe
+    from tenfold.train import batches
+    from tenfold.train.model import load_tokenizer
+
+    long_answer = {"id": "long-answer", "conversations": [{"role": "user", "content": "doc\n\nWhat?"},
+                                                          {"role": "assistant", "content": "word " * 200}]}
+    no_turns = {"id": "no-turns", "conversations": []}
+    data = write_jsonl([*toy_records(4, seed=1, min_lines=1, max_lines=2), long_answer, no_turns],
+                       tmp_path / "train.jsonl")
+    written = []
+    monkeypatch.setattr(batches.tqdm, "write", lambda message, file=None: written.append(message))
+    recipe = load_recipe(None, {"data.train_files": [str(data)], "data.max_length": 96})
+    rows, counts = batches.encode_files(recipe, load_tokenizer("tenfold/tiny-llama"), tmp_path / "run")
+    assert counts["skipped"] == {"malformed record": 1, "longer than 96 tokens after truncation": 1}
+    assert len(written) == 2 and written[0].startswith(f"{data}: record 'long-answer' skipped: ")
+    tokens = int(written[0].split("skipped: ")[1].split()[0])
+    assert tokens > 200 and "data.max_length 96" in written[0] and "raise data.max_length" in written[0]
+    assert written[1].startswith(f"{data}: record 'no-turns': 'conversations' is empty")
