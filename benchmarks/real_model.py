@@ -104,7 +104,8 @@ def train_qlora(model: str, texts: list[str], out: Path, theta: float, length: i
     data.write_text("".join(json.dumps({"id": f"pydoc-{i}", "source": "pydoc_data.topics", "text": t}) + "\n"
                             for i, t in enumerate(texts)))
     run = out / f"train-rope{theta:g}-{length}"
-    command = [sys.executable, "-m", "tenfold.cli", "train", "--recipe", str(ROOT / "recipes/llama3-8b-instruct-80k.yaml"),
+    recipe = ROOT / "recipes/llama3-8b-instruct-80k.yaml"
+    command = [sys.executable, "-m", "tenfold.cli", "train", "--recipe", str(recipe),
                "--model.name", model, "--model.dtype", "float32", "--train.mixed_precision", "no",
                "--rope.theta", str(theta), "--data.max_length", str(length), "--data", str(data),
                "--max-steps", str(steps), "--train.batch_size", "1", "--train.learning_rate", "1e-4",
@@ -200,8 +201,8 @@ def main() -> None:
             row(name, lambda: load_backend(training["run_dir"], **options), name in needle_rows)
             rows[name]["training"] = training
             partial.write_text(json.dumps(rows, indent=1) + "\n")
-    notes = (f"SmolLM2-135M-Instruct ({model}; GGUF Q4_1 dequantized to fp32), RoPE base {theta:g}. Held-out document: "
-             f"the first {span:,} tokens of Python's pydoc_data.topics (sorted topics). "
+    notes = (f"SmolLM2-135M-Instruct ({model}; GGUF Q4_1 dequantized to fp32), RoPE base {theta:g}. "
+             f"Held-out document: the first {span:,} tokens of Python's pydoc_data.topics (sorted topics). "
              + "".join(f"QLoRA row: `tenfold train`, paper recipe, {r['training']['steps']} steps at "
                        f"{args.train_length:,} tokens, loss {r['training']['first_loss']:.3f} -> "
                        f"{r['training']['final_loss']:.3f}, {r['training']['seconds']} s. "

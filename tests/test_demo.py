@@ -12,7 +12,8 @@ from tenfold.demo import world
 from tenfold.demo.report import summary_row
 from tenfold.models import load_tokenizer
 
-CONTRACT_KEYS = {"native_length", "training_length", "rope_factor", "before", "rope_only", "after", "loss_by_position", "short_check",
+CONTRACT_KEYS = {"native_length", "training_length", "rope_factor", "before", "rope_only", "after", "loss_by_position",
+                 "short_check",
                  "seconds"}
 
 

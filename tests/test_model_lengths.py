@@ -31,11 +31,12 @@ def test_a_config_knows_its_native_length_and_keeps_it_through_training_and_save
     assert config.max_position_embeddings == 81920
     assert model_lengths(config) == {"native_length": 8192, "training_length": 81920}
     config.save_pretrained(tmp_path)
-    assert model_lengths(LlamaConfig.from_pretrained(tmp_path)) == {"native_length": 8192, "training_length": 81920}
+    reloaded = LlamaConfig.from_pretrained(tmp_path)
+    assert model_lengths(reloaded) == {"native_length": 8192, "training_length": 81920}
 
 
 @pytest.mark.parametrize("rope_theta", [None, 200000.0])
-def test_an_untrained_model_reports_its_own_native_length_and_no_training_length(tiny_model_dir, rope_theta, tmp_path):
+def test_an_untrained_model_reports_its_native_length_and_no_training_length(tiny_model_dir, rope_theta, tmp_path):
     from tenfold.eval.passkey import run_passkey
 
     backend = load_backend(str(tiny_model_dir), rope_theta=rope_theta, max_length=1024, batch_size=4)

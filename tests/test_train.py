@@ -69,7 +69,8 @@ def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained
     torch.testing.assert_close(inv_freq.double(), base_inv_freq(200000.0, 2 * inv_freq.numel()))
     # the base's native length (256) survives the merge beside the run's training length (data.max_length)
     assert model_lengths(model.config) == {"native_length": 256, "training_length": 512}
-    assert model_lengths(load_backend(str(out / "run")).model.config) == {"native_length": 256, "training_length": 512}
+    unmerged = load_backend(str(out / "run")).model  # the train output, as eval loads it
+    assert model_lengths(unmerged.config) == {"native_length": 256, "training_length": 512}
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 

@@ -125,7 +125,7 @@ def float_list(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-TRAINING_LENGTH_HELP = "marked on the heatmap (default: the length tenfold train recorded, for a model it trained)"
+TRAINING_LENGTH_HELP = "marked on the heatmap (default: what tenfold train recorded, for a model it trained)"
 # `tenfold eval NAME`: NAME (a key of tenfold.eval.BENCHMARKS, whose function is called as
 # fn(backend, output_dir, **its flags) and returns a summary dict with "score") -> (help, its own flags).
 # To add a benchmark, add it to BENCHMARKS and one row here whose flags' dest names are the function's keyword
