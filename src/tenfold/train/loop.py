@@ -1,7 +1,7 @@
-"""`tenfold train`: QLoRA context extension, as one function that reads top to bottom.
+"""`tenfold train`: QLoRA context extension; `train()` reads top to bottom as a torchtune recipe does.
 
-setup (data, model with the new RoPE base, optimizer) -> train (explicit loss step, gradient
-accumulation, checkpoints) -> cleanup (adapter + summary). An explicit loop rather than the
+setup (data, model with the new RoPE base, optimizer) -> train_steps (explicit loss step in
+forward_backward, gradient accumulation, checkpoints) -> cleanup (adapter + summary). An explicit loop rather than the
 transformers Trainer: the loss needs the decoder's hidden states, not logits; a NaN must name the
 batch's records; and a resumed run must follow the exact batch plan to reach the same weights.
 accelerate supplies the processes (DDP, FSDP, DeepSpeed by its config) and autocast.
@@ -21,10 +21,13 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, gather_object
 from safetensors.torch import load_file, save_file
@@ -70,21 +73,41 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+@dataclass
+class Run:
+    """One training run as setup() builds it: what the steps and cleanup() read and update."""
+    recipe: Recipe
+    accelerator: Accelerator
+    out: Path
+    tokenizer: Any
+    rows: Any  # the encoded records (a datasets.Dataset)
+    plan: list  # plan[step][data-parallel rank] = that rank's micro-batches (lists of row indices)
+    weights_per_record: list[float]
+    model: torch.nn.Module
+    loss_model: torch.nn.Module  # CausalLMLoss around the model, as accelerate prepared it
+    optimizer: Any
+    scheduler: Any
+    trainable: list[torch.nn.Parameter]
+    sharded: bool
+    rope: dict
+    data_counts: dict
+    start_step: int
+    totals: dict  # tokens_seen, loss_tokens, losses: carried in checkpoints
+
+
 def train(recipe: Recipe, overwrite: bool = False) -> dict:
     """Train the recipe's adapter into recipe.train.output_dir; resumes from its last checkpoint.
 
     A run already finished there with the same recipe is returned as it is; overwrite=True trains from step 0.
     """
-    # ---- setup ----
-    t = recipe.train
     # accelerate keeps one precision per process; a second train() (a notebook, the tests) may want another.
     # The process group (PartialState) stays.
     AcceleratorState._reset_state()
     accelerator = make_accelerator(mixed_precision(recipe))
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and t.save_every:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and recipe.train.save_every:
         raise ValueError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
                          "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
-    out = Path(t.output_dir)
+    out = Path(recipe.train.output_dir)
     if overwrite:
         if accelerator.is_main_process:
             clear_run(out)
@@ -93,15 +116,22 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
         accelerator.print(f"{out} is already trained with this recipe: adapter in {out / 'adapter'}, summary in "
                           f"{out / 'summary.json'}; nothing to do (--overwrite trains it again)")
         return {**finished, "already_finished": True}
+    run = setup(recipe, accelerator, out)
+    seconds, tokens = train_steps(run)
+    return cleanup(run, seconds, tokens)
+
+
+def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
+    """Seeds, data and its batch plan, the model with the new RoPE base, optimizer and schedule, and the
+    state of the last checkpoint in out, if any."""
+    t = recipe.train
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
-
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     with accelerator.main_process_first():
         rows, data_counts = encode_files(recipe, tokenizer, out)
     lengths = rows.with_format(None)["length"]
-    weights_per_record = rows.with_format(None)["loss_weight"]
     # Sequence parallel: groups of train.sequence_parallel processes share each micro-batch, a slice each.
     sp = t.sequence_parallel
     if accelerator.num_processes % sp:
@@ -113,117 +143,128 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     model, rope = load_model_for_training(recipe, accelerator.device)
     if sp > 1:
         sequence_parallel.setup(model, sp)
-    loss_model = CausalLMLoss(model, t.loss_chunk_size)
     # The engine owns the accumulation boundary (DeepSpeed steps its optimizer there): one optimizer step is
     # this many micro-batches on each process, the same on all of them (batch_plan).
     set_accumulation(accelerator, len(plan[0][0]), t.micro_batch_size, t.max_grad_norm)
     # accelerate's FSDP2 path rebinds the optimizer to the sharded parameters it creates, so the two are
     # prepared together; the clipping list is read from the model after wrapping, never before.
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
-    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
-    trainable = [p for p in loss_model.parameters() if p.requires_grad]
+    loss_model, optimizer = accelerator.prepare(CausalLMLoss(model, t.loss_chunk_size), optimizer)
     scheduler = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
                               num_training_steps=len(plan))
     sharded = is_sharded(model)
     if sharded:
         accelerator.print(f"FSDP2 over {accelerator.num_processes} processes: {sharding_report(model)}")
-
     start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is not None:
+    if (checkpoint := latest_checkpoint(out)) is not None:
         start_step, totals = load_checkpoint(checkpoint, model, optimizer.optimizer, scheduler, recipe)
         accelerator.print(f"resuming from {checkpoint} at step {start_step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, out / "recipe.yaml")
+    return Run(recipe, accelerator, out, tokenizer, rows, plan, rows.with_format(None)["loss_weight"], model,
+               loss_model, optimizer, scheduler, [p for p in loss_model.parameters() if p.requires_grad], sharded,
+               rope, data_counts, start_step, totals)
 
-    # ---- train ----
-    rank, world = accelerator.process_index, accelerator.num_processes
-    boundary = {"step": start_step, "rng": rng_state(), "saving": False}  # the last finished step
-    progress = tqdm(total=len(plan), initial=start_step, desc="train",
+
+def train_steps(run: Run) -> tuple[float, int]:
+    """The optimizer steps from run.start_step to the end of the plan; returns (seconds, tokens) of these."""
+    t, accelerator = run.recipe.train, run.accelerator
+    boundary = {"step": run.start_step, "rng": rng_state(), "saving": False}  # the last finished step
+    progress = tqdm(total=len(run.plan), initial=run.start_step, desc="train",
                     disable=not accelerator.is_main_process)
     # Ctrl-C reaches each process on its own: only an unsharded model can be saved from one of them.
-    with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process and not sharded, out, model,
-                                           optimizer.optimizer, scheduler, totals, recipe):
-        started, step_tokens_total = time.perf_counter(), 0
-        for step in range(start_step, len(plan)):
-            micro_batches = plan[step][rank // sp]
-            # Normalize by the loss weight of the whole step on all processes: the plan is known to every
-            # process, so the mean over the effective batch is exact without communication.
-            step_weight = sum(weights_per_record[i] for mbs in plan[step] for mb in mbs for i in mb)
-            local_loss = torch.zeros((), device=accelerator.device)
-            local_tokens = 0
-            for k, mb in enumerate(micro_batches):
-                batch = {name: x.to(accelerator.device) for name, x in
-                         collate([rows[i] for i in mb], tokenizer.pad_token_id).items()}
-                if sp > 1:
-                    batch = sequence_parallel.shard_batch(batch, tokenizer.pad_token_id)
-                local_tokens += int(batch["attention_mask"].sum())
-                # accumulate(): no gradient sync before the last micro-batch (DDP, FSDP), the engine's own
-                # boundary under DeepSpeed; backward divides by the accumulation steps, which cancel here. The
-                # engines average gradients over all processes (`world`), sequence-parallel slices included.
-                with accelerator.accumulate(loss_model), accelerator.autocast(), \
-                        offload_activations(recipe, accelerator.device):
-                    loss_sum = loss_model(**batch)
-                    accelerator.backward(loss_sum * (world * len(micro_batches) / step_weight))
-                local_loss += loss_sum.detach()
-            step_loss = accelerator.reduce(local_loss, reduction="sum").item() / step_weight
-            if not math.isfinite(step_loss):
-                ids = [rows[i]["id"] for mbs in plan[step] for mb in mbs for i in mb]
-                raise NonFiniteLossError(f"loss is {step_loss} at step {step + 1}; records in this batch: {ids}. "
-                                         f"The last good checkpoint is kept in {out / 'checkpoints'}.")
+    with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process and not run.sharded, run.out,
+                                           run.model, run.optimizer.optimizer, run.scheduler, run.totals,
+                                           run.recipe):
+        started, tokens = time.perf_counter(), 0
+        for step in range(run.start_step, len(run.plan)):
+            step_loss, step_weight, step_tokens = forward_backward(run, step)
             if t.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-            step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+                accelerator.clip_grad_norm_(run.trainable, t.max_grad_norm)
             with deferred_interrupt():
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_tokens_total += step_tokens
-                totals["tokens_seen"] += step_tokens
-                totals["loss_tokens"] += step_weight
-                totals["losses"].append(step_loss)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                tokens += step_tokens
+                run.totals["tokens_seen"] += step_tokens
+                run.totals["loss_tokens"] += step_weight
+                run.totals["losses"].append(step_loss)
                 boundary.update(step=step + 1, rng=rng_state())
             progress.update(1)
-            if (step + 1) % t.log_every == 0 or step + 1 == len(plan):
-                elapsed = time.perf_counter() - started
-                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                     tok_s=f"{step_tokens_total / elapsed:.0f}",
+            if (step + 1) % t.log_every == 0 or step + 1 == len(run.plan):
+                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
+                                     tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
                                      mem_gb=f"{peak_memory_gb(accelerator.device):.2f}")
-            if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(plan):
+            if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(run.plan):
                 accelerator.wait_for_everyone()
                 boundary["saving"] = True
-                save_checkpoint(out, step + 1, model, optimizer.optimizer, scheduler, totals, recipe,
-                                accelerator.is_main_process)
+                save_checkpoint(run.out, step + 1, run.model, run.optimizer.optimizer, run.scheduler, run.totals,
+                                run.recipe, accelerator.is_main_process)
                 boundary["saving"] = False
+    return time.perf_counter() - started, tokens
 
-    # ---- cleanup ----
-    weights = full_trainable_state(model)  # whole on rank 0 (sharded or not), {} elsewhere
+
+def forward_backward(run: Run, step: int) -> tuple[float, float, int]:
+    """The step's micro-batches on this process, gradients accumulated; returns the step's loss (the mean
+    over every process's labels), its loss weight and its token count."""
+    accelerator, sp = run.accelerator, run.recipe.train.sequence_parallel
+    micro_batches = run.plan[step][accelerator.process_index // sp]
+    # Normalize by the loss weight of the whole step on all processes: the plan is known to every
+    # process, so the mean over the effective batch is exact without communication.
+    step_weight = sum(run.weights_per_record[i] for mbs in run.plan[step] for mb in mbs for i in mb)
+    local_loss, local_tokens = torch.zeros((), device=accelerator.device), 0
+    for mb in micro_batches:
+        batch = {name: x.to(accelerator.device) for name, x in
+                 collate([run.rows[i] for i in mb], run.tokenizer.pad_token_id).items()}
+        if sp > 1:
+            batch = sequence_parallel.shard_batch(batch, run.tokenizer.pad_token_id)
+        local_tokens += int(batch["attention_mask"].sum())
+        # accumulate(): no gradient sync before the last micro-batch (DDP, FSDP), the engine's own
+        # boundary under DeepSpeed; backward divides by the accumulation steps, which cancel here. The
+        # engines average gradients over all processes, sequence-parallel slices included.
+        with accelerator.accumulate(run.loss_model), accelerator.autocast(), \
+                offload_activations(run.recipe, accelerator.device):
+            loss_sum = run.loss_model(**batch)
+            accelerator.backward(loss_sum * (accelerator.num_processes * len(micro_batches) / step_weight))
+        local_loss += loss_sum.detach()
+    step_loss = accelerator.reduce(local_loss, reduction="sum").item() / step_weight
+    if not math.isfinite(step_loss):
+        ids = [run.rows[i]["id"] for mbs in run.plan[step] for mb in mbs for i in mb]
+        raise NonFiniteLossError(f"loss is {step_loss} at step {step + 1}; records in this batch: {ids}. "
+                                 f"The last good checkpoint is kept in {run.out / 'checkpoints'}.")
+    step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+    return step_loss, step_weight, step_tokens
+
+
+def cleanup(run: Run, seconds: float, tokens: int) -> dict:
+    """Check the replicas agree, write the adapter and summary from rank 0, release the processes."""
+    accelerator = run.accelerator
+    weights = full_trainable_state(run.model)  # whole on rank 0 (sharded or not), {} elsewhere
     # Every replica must end with the same weights; a desynchronized one fails here, not silently. Shards
     # differ by design: their whole is checked on rank 0 only.
-    local = None if sharded and not accelerator.is_main_process else weights_fingerprint(
-        weights if sharded else trainable_state(model))
+    local = None if run.sharded and not accelerator.is_main_process else weights_fingerprint(
+        weights if run.sharded else trainable_state(run.model))
     replicas = [r for r in gather_object([local]) if r is not None]
     if len(set(replicas)) != 1:
         raise RuntimeError(f"processes finished with different weights: {replicas}")
-    elapsed = time.perf_counter() - started
+    losses = run.totals["losses"]
     summary = {
-        "steps": len(plan), "resumed_from_step": start_step, "tokens_seen": totals["tokens_seen"],
-        "final_loss": totals["losses"][-1] if totals["losses"] else None,
-        "first_loss": totals["losses"][0] if totals["losses"] else None,
-        "losses": totals["losses"], "data": data_counts, "rope": rope,
+        "steps": len(run.plan), "resumed_from_step": run.start_step, "tokens_seen": run.totals["tokens_seen"],
+        "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
+        "losses": losses, "data": run.data_counts, "rope": run.rope,
         "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3),
-        "tokens_per_s": round(step_tokens_total / elapsed, 1) if elapsed > 0 else None,
-        "processes": world, "distributed": str(accelerator.distributed_type.value), "sharded": sharded,
-        "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "processes": accelerator.num_processes, "distributed": str(accelerator.distributed_type.value),
+        "sharded": run.sharded, "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
     }
     if accelerator.is_main_process:
-        save_adapter(out / "adapter", model, weights, tokenizer, recipe, rope)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        save_adapter(run.out / "adapter", run.model, weights, run.tokenizer, run.recipe, run.rope)
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
     # Free the DDP wrapper while every process is alive and its process group still registered: freed
     # after end_training, the last reference to a gloo group can hang in its destructor once a peer has exited.
-    del loss_model
+    run.loss_model = None
     accelerator.free_memory()
     gc.collect()
     accelerator.wait_for_everyone()
