@@ -223,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error (anywhere on the line; or TENFOLD_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
+    add_training_verbs(verbs)
+    add_synth_verb(verbs)
+    add_mix_and_demo_verbs(verbs)
+    add_eval_verb(verbs)
+    return parser
+
+
+def add_training_verbs(verbs) -> None:
     train = verbs.add_parser("train", help="QLoRA context extension with a raised RoPE base")
     add_recipe_flags(train)
     train.add_argument("--overwrite", action="store_true",
@@ -247,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --output-dir")
     merge.set_defaults(func=cmd_merge)
 
+
+def add_synth_verb(verbs) -> None:
     synth = verbs.add_parser("synth", help="long-context QA conversations from long documents (the paper's data)")
     synth.add_argument("--corpus", required=True,
                        help="folder of .txt/.md, .jsonl, .parquet, saved dataset, hub id, or tenfold/toy")
@@ -276,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--cache-dir", dest="cache_dir", help="response cache (default: OUTPUT.cache/)")
     synth.set_defaults(func=cmd_synth)
 
+
+def add_mix_and_demo_verbs(verbs) -> None:
     mix = verbs.add_parser("mix", help="one shuffled training file from synthetic, instruction and plain-text data")
     mix.add_argument("--output", required=True)
     mix.add_argument("--synthetic", nargs="*", default=[], help="JSONL files from `tenfold synth`")
@@ -299,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="discard predictions in --output-dir made otherwise (default: refuse them)")
     demo.set_defaults(func=cmd_demo)
 
+
+def add_eval_verb(verbs) -> None:
     evaluate = verbs.add_parser("eval", help="needle, passkey, RULER, topic retrieval, ...; `all` runs a suite")
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
     for name in BENCHMARKS:
@@ -324,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--overwrite", action="store_true",
                        help="discard predictions in --output-dir made otherwise (default: refuse them)")
     evaluate.set_defaults(func=cmd_eval)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

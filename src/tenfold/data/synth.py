@@ -251,6 +251,39 @@ def token_counter(name: str):
     return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
 
 
+async def run_contexts(todo, done: set[str], process, output: Path, settings: SynthSettings,
+                       stats: Counter) -> None:
+    """process(context, fd) for each (id, build) of `todo` not in `done`, at most 2 x concurrency contexts in
+    flight (the generator bounds the requests); the first failure cancels the rest and is raised."""
+    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pending: set[asyncio.Task] = set()
+    started = len(done)
+    try:
+        for cid, build in todo:
+            if cid in done:
+                stats["already_done"] += 1
+                continue
+            if settings.max_contexts is not None and started >= settings.max_contexts:
+                break
+            started += 1
+            while len(pending) >= 2 * settings.concurrency:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed = [task.exception() for task in finished if task.exception()]  # each one retrieved
+                if failed:
+                    raise failed[0]
+            pending.add(asyncio.create_task(process(build(), fd)))
+            await asyncio.sleep(0)  # let requests start while the next document is read
+        for task in asyncio.as_completed(pending):
+            await task
+    except BaseException:  # a failed write, Ctrl-C: stop the rest quietly, then report the first cause
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    finally:
+        os.close(fd)
+
+
 def synth(settings: SynthSettings) -> dict:
     """Run the synthesis; returns (and writes) the summary."""
     output = Path(settings.output)
@@ -297,37 +330,9 @@ def synth(settings: SynthSettings) -> dict:
                              tokens=generator.tally.prompt_tokens + generator.tally.completion_tokens,
                              rejects=sum(rejected.values()), refresh=False)
 
-    async def run() -> None:
-        fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        pending: set[asyncio.Task] = set()
-        started = len(done)
-        try:
-            for cid, build in contexts(settings, generator, count_tokens, skipped):
-                if cid in done:
-                    stats["already_done"] += 1
-                    continue
-                if settings.max_contexts is not None and started >= settings.max_contexts:
-                    break
-                started += 1
-                while len(pending) >= 2 * settings.concurrency:
-                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    failed = [task.exception() for task in finished if task.exception()]  # each one retrieved
-                    if failed:
-                        raise failed[0]
-                pending.add(asyncio.create_task(process(build(), fd)))
-                await asyncio.sleep(0)  # let requests start while the next document is read
-            for task in asyncio.as_completed(pending):
-                await task
-        except BaseException:  # a failed write, Ctrl-C: stop the rest quietly, then report the first cause
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise
-        finally:
-            os.close(fd)
-
     try:
-        asyncio.run(run())
+        asyncio.run(run_contexts(contexts(settings, generator, count_tokens, skipped), done, process,
+                                 output, settings, stats))
     finally:
         progress.close()  # the bar ends its line before any error is printed
     from tenfold.data.report import write_report
