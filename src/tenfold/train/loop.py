@@ -126,7 +126,8 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
                               num_training_steps=len(plan))
     sharded = is_sharded(model)
     if sharded:
-        accelerator.print(f"FSDP2 over {accelerator.num_processes} processes: {sharding_report(model)}")
+        accelerator.print(f"{accelerator.distributed_type.value} over {accelerator.num_processes} processes: "
+                          f"{sharding_report(model)}")
 
     start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
     checkpoint = latest_checkpoint(out)
