@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check_multi.sh [N_GPUS]        (default: every visible GPU)
 #
 # 1. DDP, FSDP2 (recipes/accelerate/fsdp2.yaml), Ulysses sequence parallel (train.sequence_parallel N) and,
-#    if DeepSpeed is installed, ZeRO-2 (recipes/accelerate/deepspeed-zero2.yaml), each on the tiny recipe
+#    if DeepSpeed is installed, ZeRO-2 and ZeRO-3 (recipes/accelerate/deepspeed-zero{2,3}.yaml), each on the tiny recipe
 #    (4-bit base, bf16): the adapter's largest difference from the 1-GPU run and each run's peak memory.
 # 2. One long sequence (LONG tokens, default 65536) on the tiny model with the recipe's checkpointing:
 #    peak GPU memory per process on 1 GPU and split over SP (default 2) with sequence parallel (summary.json).
@@ -35,6 +35,8 @@ train sp "$PYTHON" -m accelerate.commands.launch --num_processes "$SP" -- --trai
 if "$PYTHON" -c "import deepspeed" 2>/dev/null; then
     train zero2 "$PYTHON" -m accelerate.commands.launch --config_file recipes/accelerate/deepspeed-zero2.yaml \
         --num_processes "$N" -- --train.save_every 0
+    train zero3 "$PYTHON" -m accelerate.commands.launch --config_file recipes/accelerate/deepspeed-zero3.yaml \
+        --num_processes "$N" -- --train.save_every 0
 fi
 train one_sp_ref "$PYTHON" -- --train.batch_size 2
 LONG="${LONG:-65536}"
@@ -59,7 +61,7 @@ def adapter(name):
 def summary(name):
     path = out / name / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-for name, ref in [("ddp", "one"), ("fsdp2", "one"), ("zero2", "one"), ("sp", "one_sp_ref")]:
+for name, ref in [("ddp", "one"), ("fsdp2", "one"), ("zero2", "one"), ("zero3", "one"), ("sp", "one_sp_ref")]:
     a, b = adapter(name), adapter(ref)
     if a is None or b is None:
         print(f"{name:8} no adapter (see {out}/{name}.log)" if (out / f"{name}.log").exists() else f"{name:8} not run")

@@ -217,6 +217,7 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
     """
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from tenfold.rope import apply_rope, current_rope
 
@@ -226,11 +227,15 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
     params = apply_rope(config, rope, max_length) if rope is not None else current_rope(config)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     quant = quantization_config(quantization, dtype) if quantization != "none" else None
+    # Under ZeRO-3 (accelerate's DeepSpeed plugin, zero3_init_flag) transformers refuses a device_map. A quantized
+    # model is loaded whole on each process all the same (transformers skips zero.Init for it); DeepSpeed's engine
+    # partitions it, 4-bit bytes included (stored as `dtype`), when accelerate prepares it.
+    zero3 = is_deepspeed_zero3_enabled()
     model = AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, quantization_config=quant,
         attn_implementation=attention_implementation(attn_implementation, device),
-        device_map={"": device} if quant is not None else None, trust_remote_code=trust_remote_code)
-    if quant is None:
+        device_map={"": device} if quant is not None and not zero3 else None, trust_remote_code=trust_remote_code)
+    if quant is None and not zero3:
         model.to(device)
     if rope is not None:
         check_rope(model, params)

@@ -66,9 +66,14 @@ def set_accumulation(accelerator: Accelerator, steps: int, micro_batch_size: int
                       train_batch_size=steps * micro_batch_size * accelerator.num_processes)
 
 
+def is_partitioned(param: torch.Tensor) -> bool:
+    """An FSDP2 shard (DTensor) or a ZeRO-3 partitioned parameter (DeepSpeed tags those with `ds_id`)."""
+    return isinstance(param, DTensor) or hasattr(param, "ds_id")
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether this process holds only a shard of the trainable weights (FSDP2's DTensors)."""
-    return any(isinstance(p, DTensor) for p in model.parameters() if p.requires_grad)
+    """Whether this process holds only a shard of the trainable weights (FSDP2, ZeRO-3)."""
+    return any(is_partitioned(p) for p in model.parameters() if p.requires_grad)
 
 
 def sharding_report(model: torch.nn.Module) -> str:
@@ -77,16 +82,32 @@ def sharding_report(model: torch.nn.Module) -> str:
 
     quantized = [m.weight for m in model.modules() if isinstance(m, Linear4bit)]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return (f"sharded 4-bit weights: {sum(isinstance(w, DTensor) for w in quantized)} of {len(quantized)}, "
-            f"trainable tensors: {sum(isinstance(p, DTensor) for p in trainable)} of {len(trainable)}")
+    return (f"sharded 4-bit weights: {sum(map(is_partitioned, quantized))} of {len(quantized)}, "
+            f"trainable tensors: {sum(map(is_partitioned, trainable))} of {len(trainable)}")
 
 
 def full_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable tensor whole, on rank 0 (other ranks: {}). A collective when the model is sharded:
     every process must call it at the same point."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for _, p in trainable):
+        return gathered_zero3_state(trainable)
+    names = {n for n, _ in trainable}
     # ignore_frozen_params still returns the frozen 4-bit weights' quantization statistics (not parameters)
     return {n: t for n, t in get_model_state_dict(model, options=GATHER).items() if n in names}
+
+
+def gathered_zero3_state(trainable: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """ZeRO-3's partitions gathered one parameter at a time (torch's state-dict helpers see only the empty
+    local placeholders DeepSpeed leaves); the frozen base stays partitioned."""
+    import deepspeed
+
+    whole = {}
+    for name, param in trainable:
+        with deepspeed.zero.GatheredParameters([param]):  # no modifier rank: read only, released on exit
+            if torch.distributed.get_rank() == 0:
+                whole[name] = param.detach().to("cpu", copy=True)
+    return whole
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer) -> dict:

@@ -154,7 +154,8 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
                               num_training_steps=len(plan))
     sharded = is_sharded(model)
     if sharded:
-        accelerator.print(f"FSDP2 over {accelerator.num_processes} processes: {sharding_report(model)}")
+        accelerator.print(f"{accelerator.distributed_type.value} over {accelerator.num_processes} processes: "
+                          f"{sharding_report(model)}")
     start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
     if (checkpoint := latest_checkpoint(out)) is not None:
         start_step, totals = load_checkpoint(checkpoint, model, optimizer.optimizer, scheduler, recipe)
