@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def straightforward_loop(backend, cases: list[dict], max_new_tokens: int) -> list[str]:
-    from tenfold.eval.backends import render_prompt
+    from tenfold.generation import render_prompt
 
     model, tokenizer = backend.model, backend.tokenizer
     predictions = []
@@ -39,8 +39,9 @@ def straightforward_loop(backend, cases: list[dict], max_new_tokens: int) -> lis
 
 
 def main() -> None:
-    from tenfold.eval.backends import load_backend
-    from tenfold.eval.needle import PRESETS, build_cases, read_haystack, run_needle
+    from tenfold.generation import load_backend
+    from tenfold.eval.haystack import read_haystack
+    from tenfold.eval.needle import PRESETS, build_cases, run_needle
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--needle-rows", default="base,rope x4", help="rows that get the needle grid")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    from tenfold.eval.backends import load_backend
+    from tenfold.generation import load_backend
 
     model = MODEL
     probe = load_backend(model)

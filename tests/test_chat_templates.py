@@ -4,8 +4,8 @@ Llama-3's template, and Llama-3.1's (a default system block with the knowledge c
 
 import pytest
 
-from tenfold.data.tokenize import encode_record
-from tenfold.tiny import LLAMA3_CHAT_TEMPLATE, build_tokenizer
+from tenfold.records import encode_record
+from tenfold.toy import LLAMA3_CHAT_TEMPLATE, build_tokenizer
 
 # Llama-3.1-Instruct's template without tools: the system block is always written, with its date preamble.
 LLAMA31_CHAT_TEMPLATE = (

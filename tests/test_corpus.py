@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tenfold.data.corpus import chunk_text, filter_documents, read_corpus
+from tenfold.synth.corpus import chunk_text, filter_documents, read_corpus
 from tenfold.models import load_tokenizer
 
 
@@ -55,7 +55,7 @@ def test_jsonl_text_field_and_saved_dataset(tmp_path):
 
 
 def test_filters_count_every_skip_by_reason(tmp_path, count_tokens):
-    from tenfold.data.corpus import Document, text_id
+    from tenfold.synth.corpus import Document, text_id
 
     english = "The committee met on Tuesday to discuss the budget for the coming year, and agreed to fund the library."
     german = "Der Ausschuss traf sich am Dienstag, um den Haushalt für das kommende Jahr zu besprechen und die Bibliothek."

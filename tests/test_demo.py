@@ -6,7 +6,7 @@ import random
 import pytest
 
 from tenfold.cli import build_parser
-from tenfold.data.extractive import extract
+from tenfold.synth.extractive import extract
 from tenfold.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS, document
 from tenfold.demo import world
 from tenfold.demo.report import summary_row
@@ -145,7 +145,7 @@ def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
 
 def test_a_demo_rerun_is_keyed_like_eval_other_predictions_are_refused_or_overwritten(tmp_path):
     from tenfold.demo.measure import needle_grid, short_check
-    from tenfold.eval.backends import load_backend
+    from tenfold.generation import load_backend
 
     base, raised = load_backend("tenfold/toy-llama"), load_backend("tenfold/toy-llama", rope_theta=400000.0)
     grid = [base, tmp_path, "grid", [128], [50], 1, "title"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tokenizers import processors
 
-from tenfold.eval.backends import load_backend, render_prompt, stop_token_ids
+from tenfold.generation import load_backend, render_prompt, stop_token_ids
 from tenfold.recipe import load_recipe
 from tenfold.rope import rotary_inv_freq
 from tenfold.train.loop import train
@@ -33,7 +33,7 @@ def test_stop_tokens_are_every_end_marker_of_the_llama3_template(backend):
 
 def test_stop_tokens_include_any_templates_end_of_turn_token():
     """A template whose turns end with a token no list knows of: generation must stop there too."""
-    from tenfold.tiny import build_tokenizer
+    from tenfold.toy import build_tokenizer
 
     tokenizer = build_tokenizer(chat_template="{% for m in messages %}<|start_header_id|>{{ m['role'] }}\n"
                                               "{{ m['content'] }}<turn-over>\n{% endfor %}")

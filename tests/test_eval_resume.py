@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from tenfold.cli import main
-from tenfold.eval.backends import TransformersBackend, load_backend
+from tenfold.generation import TransformersBackend, load_backend
 from tenfold.eval.needle import run_needle
 
 GRID = ["--lengths", "300", "--depths", "0,50,100", "--max-length", "1024"]
@@ -97,7 +97,7 @@ def test_overwrite_discards_and_recomputes(tiny_model_dir, tmp_path, generated):
 
 
 def test_a_train_output_is_identified_by_its_adapter_weights(tmp_path):
-    from tenfold.eval.backends import model_identity
+    from tenfold.generation import model_identity
 
     adapter = tmp_path / "run" / "adapter"
     adapter.mkdir(parents=True)

@@ -3,7 +3,7 @@ import json
 import pytest
 from rouge_score import rouge_scorer
 
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.infbench import load_templates, run_infbench, summary_score, truncate_middle
 
 # A prompt.py in InfiniteBench's layout, written by the test (the real one is downloaded at run time).

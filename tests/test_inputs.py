@@ -4,8 +4,9 @@ import json
 import pytest
 
 from tenfold.cli import main
-from tenfold.data.synth import synth_settings
-from tenfold.toy import toy_records, write_jsonl
+from tenfold.synth.run import synth_settings
+from tenfold.io import write_jsonl
+from tenfold.toy import toy_records
 from tenfold.models import resolve_model_path
 
 
@@ -96,7 +97,7 @@ def test_mix_names_a_file_that_does_not_exist(tmp_path, capsys, plain_file):
 
 def test_synth_request_timeout_is_a_flag(tmp_path):
     from tenfold.cli import build_parser
-    from tenfold.data.synth import synth_settings
+    from tenfold.synth.run import synth_settings
 
     args = build_parser().parse_args(["synth", "--corpus", "tenfold/toy", "--output", str(tmp_path / "o.jsonl"),
                                       "--request-timeout", "7.5"])

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import processors
 
 from tenfold.eval import longbench
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.longbench import (ENGLISH, build_cases, run_longbench, score, score_e, summarize,
                                     truncate_middle)
 from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)

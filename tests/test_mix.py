@@ -3,9 +3,10 @@ import json
 import pytest
 
 from tenfold.cli import main
-from tenfold.data.mix import DEFAULT_COUNTS, parse_counts
+from tenfold.mix import DEFAULT_COUNTS, parse_counts
 from tenfold.models import load_tokenizer
-from tenfold.toy import toy_records, write_jsonl
+from tenfold.io import write_jsonl
+from tenfold.toy import toy_records
 from tenfold.train.loop import train
 
 

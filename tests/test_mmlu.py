@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.mmlu import LETTERS, format_prompt, load_questions, run_mmlu
 
 # subject -> number of questions: unequal sizes make the subject mean and the question mean differ

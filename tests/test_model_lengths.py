@@ -4,7 +4,7 @@ at, read from the model (never a constant), drawn on the heatmaps and written in
 import pytest
 from transformers import LlamaConfig
 
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.plots import length_marks
 from tenfold.recipe import RopeSettings
 from tenfold.rope import apply_rope, model_lengths

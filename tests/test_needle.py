@@ -6,9 +6,10 @@ import openai
 import pytest
 
 from tenfold.cli import main
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.metrics import Judge, rouge_l_recall
-from tenfold.eval.needle import PRESETS, build_cases, read_haystack, run_needle
+from tenfold.eval.haystack import read_haystack
+from tenfold.eval.needle import PRESETS, build_cases, run_needle
 
 ANSWER = PRESETS["paper"].answer
 

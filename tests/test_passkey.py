@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tenfold.cli import main
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.passkey import FILLER, KEY_LINE, PREFIX, QUESTION, build_cases, run_passkey
 

@@ -15,15 +15,15 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.needle import run_needle
 from tenfold.eval.passkey import run_passkey
 from tenfold.models import load_tokenizer, resolve_model_path, shipped_model
 from tenfold.recipe import load_recipe
-from tenfold.toy import write_jsonl
+from tenfold.io import write_jsonl
 from tenfold.train.loop import train
 from tenfold.train.loss import CausalLMLoss
-from tenfold.train.merge import merge
+from tenfold.merge import merge
 from tenfold.train.model import load_model_for_training
 
 NAME = "tenfold/smollm2-135m-instruct"

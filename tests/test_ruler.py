@@ -4,7 +4,7 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.eval import ruler
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.metrics import string_match_all
 from tenfold.eval.ruler import NIAH_TASKS, fit_size, make_sample, run_ruler
 

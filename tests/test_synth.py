@@ -4,11 +4,11 @@ from collections import Counter
 import pytest
 
 from tenfold.cli import main
-from tenfold.data.prompts import TASKS
-from tenfold.data.replies import parse_json_list, valid_items
-from tenfold.data.synth import finished_ids
+from tenfold.synth.prompts import TASKS
+from tenfold.synth.replies import parse_json_list, valid_items
+from tenfold.io import AppendLog
 from tenfold.models import load_tokenizer
-from tenfold.data.tokenize import encode_record
+from tenfold.records import encode_record
 from tenfold.toy import toy_records
 
 TOPICS = {
@@ -128,7 +128,7 @@ def test_rerun_after_a_cut_last_line_redoes_that_record_once(tmp_path):
     full = records_of(output)
     data = output.read_bytes()
     output.write_bytes(data[:len(data) - len(data.splitlines(True)[-1]) // 2])  # a kill mid-write
-    assert len(finished_ids(output)) == len(full) - 1 and output.read_bytes().endswith(b"\n")
+    assert len(AppendLog(output).finished(keep_records=False)) == len(full) - 1 and output.read_bytes().endswith(b"\n")
     main(argv)
     again = records_of(output)
     assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True) for r in full)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tenfold.data import limits
-from tenfold.data.limits import RequestLimiter
+from tenfold.synth import limits
+from tenfold.synth.limits import RequestLimiter
 from test_synth import records_of, write_corpus
 from test_synth_openai import KEY_ENV, FakeServer, planted_key, synth_argv  # noqa: F401 (a fixture)
 from tenfold.cli import main
@@ -133,8 +133,8 @@ def test_synth_reaches_its_first_request_without_importing_torch_or_transformers
     import subprocess
     import sys
 
-    code = ("import sys; from tenfold.cli import build_parser; from tenfold.data.synth import synth_settings, "
-            "token_counter; from tenfold.data.generators import make_generator; "
+    code = ("import sys; from tenfold.cli import build_parser; from tenfold.synth.run import synth_settings, "
+            "token_counter; from tenfold.synth.generators import make_generator; "
             "settings = synth_settings(None, {'corpus': 'c', 'output': 'o', 'generator': 'openai', "
             "'base_url': 'http://127.0.0.1:9/v1', 'tokenizer': 'tenfold/tiny-llama'}); "
             "count = token_counter(settings.tokenizer); make_generator(settings); "
@@ -148,7 +148,7 @@ def test_synth_reaches_its_first_request_without_importing_torch_or_transformers
 
 
 def test_the_fast_token_count_is_transformers_count(tmp_path):
-    from tenfold.data.synth import token_counter
+    from tenfold.synth.run import token_counter
     from tenfold.toy import toy_records
     from tenfold.models import load_tokenizer
 

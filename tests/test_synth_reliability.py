@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from tenfold.cli import main
-from tenfold.data.replies import reply_problem
+from tenfold.synth.replies import reply_problem
 from test_synth import records_of, write_corpus
 from test_synth_openai import KEY_ENV, FakeServer, planted_key, synth_argv  # noqa: F401 (a fixture)
 

@@ -5,9 +5,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from tenfold.data.tokenize import Encoded, RecordError, encode_record, read_jsonl
+from tenfold.errors import RecordError
+from tenfold.io import read_jsonl
+from tenfold.records import Encoded, encode_record
 from tenfold.toy import toy_records
-from tenfold.tiny import build_tokenizer
+from tenfold.toy import build_tokenizer
 
 EOT = "<|eot_id|>"
 DOC_LINES = [f"day {i} : the red fox paints {i} blue doors ." for i in range(40)]

@@ -4,7 +4,7 @@ import matplotlib.image
 import pytest
 
 from tenfold.cli import main
-from tenfold.data.tokenize import RecordError
+from tenfold.errors import RecordError
 from tenfold.eval.topic import QUESTION, file_cases, generated_cases, run_topic
 
 

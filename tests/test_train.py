@@ -8,12 +8,12 @@ from transformers import AutoModelForCausalLM
 from processes import WORKER, launch
 
 from tenfold.recipe import load_recipe
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.rope import model_lengths, rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
 from tenfold.models import load_run
-from tenfold.train.merge import merge
+from tenfold.merge import merge
 from tenfold.train.model import load_model_for_training
 
 
@@ -175,7 +175,7 @@ def test_tied_embeddings_train_one_shared_matrix_through_save_merge_and_reload(t
     """A model whose head is its embedding matrix: the trained embedding is the head too, in training, in the
     saved adapter, in the unmerged backend and in the merged model (still tied, equal logits)."""
     from tenfold.models import load_run
-    from tenfold.tiny import write_tiny_llama
+    from tenfold.toy import write_tiny_llama
 
     base = write_tiny_llama(tmp_path / "tied", hidden_size=32, num_heads=2, num_kv_heads=1, tie_word_embeddings=True)
     recipe = load_recipe("recipes/tiny-cpu.yaml", {

@@ -12,7 +12,7 @@ from tenfold import cli
 from tenfold.recipe import dump_recipe, load_recipe
 from tenfold.train import loop
 from tenfold.train.loop import deferred_interrupt, train
-from tenfold.train.merge import merge
+from tenfold.merge import merge
 
 
 @pytest.fixture(scope="module")

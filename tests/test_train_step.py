@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tenfold.data.tokenize import encode_record, read_jsonl
+from tenfold.io import read_jsonl
+from tenfold.records import encode_record
 from tenfold.train import loop
 from tenfold.train.batches import collate
 from tenfold.train.loss import CausalLMLoss

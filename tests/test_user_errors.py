@@ -4,7 +4,8 @@
 import pytest
 
 from tenfold.cli import main
-from tenfold.toy import toy_records, write_jsonl
+from tenfold.io import write_jsonl
+from tenfold.toy import toy_records
 from tenfold.recipe import RecipeError
 
 

@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from tenfold.train.merge import merge
+    from tenfold.merge import merge
 
     out = merge(args.run_dir, args.output_dir, args.dtype, args.overwrite)
     rope = json.loads((out / "config.json").read_text())["rope_parameters"]
@@ -62,7 +62,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from tenfold.data.synth import synth, synth_settings
+    from tenfold.synth.run import synth, synth_settings
 
     flags = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "recipe")}
     summary = synth(synth_settings(args.recipe, flags))
@@ -93,7 +93,7 @@ def synth_incomplete(summary: dict) -> str | None:
 
 
 def cmd_mix(args: argparse.Namespace) -> None:
-    from tenfold.data.mix import mix, parse_counts
+    from tenfold.mix import mix, parse_counts
 
     summary = mix(args.output, args.synthetic, args.instruct, args.plain, parse_counts(args.counts), args.seed,
                   args.tokenizer, args.max_length, args.recipe)
@@ -187,7 +187,7 @@ EVAL_COMMON = {"verb", "func", "benchmark", "model", "output_dir", "backend", "r
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from tenfold.eval import run_benchmark
-    from tenfold.eval.backends import load_backend
+    from tenfold.generation import load_backend
 
     if args.benchmark == "all":
         from tenfold.eval.suite import run_suite

@@ -15,6 +15,14 @@ class UserError(ValueError):  # a ValueError, so callers that catch ValueError k
     pass
 
 
+class RecipeError(UserError):
+    """A recipe, suite or settings value is wrong: the message names the key and what is allowed."""
+
+
+class RecordError(UserError):
+    """A record (or a line of a JSONL file) is malformed."""
+
+
 def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("TENFOLD_DEBUG", "") not in ("", "0")
 

@@ -13,7 +13,6 @@ rotary embedding rotates with it); `load_run` is the base + adapter of a `tenfol
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -22,7 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tenfold.recipe import RopeSettings, recipe_from_dict
+from tenfold.io import cache_dir, file_sha256
+from tenfold.recipe import RecipeError, RopeSettings, read_recipe_file, recipe_from_dict
+from tenfold.toy import TOY_DATA
 
 # torch, transformers and tenfold.rope (torch) are imported where used: synth and mix count tokens through this
 # module and start without the seconds those imports take (see plain_tokenizer_file).
@@ -86,16 +87,11 @@ def resolve_model_path(name: str) -> str:
     return str(local) if name.startswith(("~", "tenfold/")) else name
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TENFOLD_CACHE") or Path.home() / ".cache" / "tenfold")
-
-
 @functools.cache
 def gguf_model_dir(gguf: Path) -> Path:
     """The GGUF's weights dequantized to float32 and its tokenizer, as a model folder (converted on first use)."""
-    with open(gguf, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    out = cache_root() / "gguf" / digest[:16]  # by content: a copy or a renamed file converts no second time
+    digest = file_sha256(gguf)
+    out = cache_dir() / "gguf" / digest[:16]  # by content: a copy or a renamed file converts no second time
     if not (out / "config.json").is_file():
         convert_gguf(gguf, out)
         print(f"{gguf.name}: GGUF weights dequantized to float32 by transformers; model folder saved to {out}",
@@ -291,3 +287,17 @@ def load_run(run_dir: str | Path, dtype: torch.dtype | str = "auto", rope_theta:
     if rope_theta is None and rope != meta["rope_parameters"]:
         raise RuntimeError(f"RoPE rebuilt from the recipe {rope} differs from the adapter's {meta['rope_parameters']}")
     return PeftModel.from_pretrained(base, adapter), meta, rope
+
+
+def target_tokenizer(verb: str, recipe: str | None, inputs: list[str]) -> str:
+    """The tokenizer when --tokenizer is not given: the recipe's model.name; on the shipped toy data alone,
+    the shipped toy tokenizer; else a refusal naming the flag (another model's tokens miscount lengths)."""
+    model = read_recipe_file(recipe).get("model") if recipe else None
+    name = model.get("name") if isinstance(model, dict) else None
+    if name:
+        return str(name)
+    if inputs and all(name == TOY_DATA for name in inputs):
+        return "tenfold/tiny-llama"  # the shipped toy world's tokenizer
+    where = f"{recipe} has no model.name" if recipe else "no --tokenizer or --recipe given"
+    raise RecipeError(f"{verb} counts lengths in the target model's tokens and {where}; give --tokenizer "
+                      f"(e.g. --tokenizer meta-llama/Meta-Llama-3-8B-Instruct) or a --recipe with model.name")

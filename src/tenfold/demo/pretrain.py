@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from tenfold.data.tokenize import encode_record
+from tenfold.records import encode_record
 from tenfold.demo.world import plain_record, question_record, world_tokenizer
 
 NATIVE_LENGTH = 256
@@ -154,7 +154,7 @@ def pretrain(out_dir: str | Path, steps: int = STEPS) -> dict:
 def measure_base(model_dir: Path) -> dict:
     """The base's recorded figures: needle at 1x and 10x (depths 0..100, 20 a cell), loss per position."""
     from tenfold.demo.measure import loss_by_position, needle_grid, short_check
-    from tenfold.eval.backends import load_backend
+    from tenfold.generation import load_backend
 
     backend = load_backend(str(model_dir), max_length=10 * NATIVE_LENGTH + 8, batch_size=32)
     work = model_dir / "measure"

@@ -50,9 +50,9 @@ def make_training_data(out: Path, model: str, native: int, sizes: dict) -> Path:
     """Long toy documents -> `tenfold synth` (offline generator, every fact asked in its own turn) ->
     `tenfold mix` with long plain diaries and short questions: half long conversations, a third plain
     text, the rest short questions (the recipe's demo: section sets the counts and lengths)."""
-    from tenfold.data.mix import mix
-    from tenfold.data.synth import synth, synth_settings
-    from tenfold.toy import write_jsonl
+    from tenfold.mix import mix
+    from tenfold.synth.run import synth, synth_settings
+    from tenfold.io import write_jsonl
 
     data = out / "data"
     mixed = data / "train.jsonl"
@@ -80,7 +80,7 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
          overwrite: bool = False) -> dict:
     """Run the demo into output_dir; returns what results.json holds. Its predictions are keyed like eval's:
     those made otherwise (another model, RoPE, grid) are refused, or discarded with `overwrite`."""
-    from tenfold.eval.backends import load_backend
+    from tenfold.generation import load_backend
     from tenfold.models import load_config
     from tenfold.recipe import load_recipe
     from tenfold.train.loop import train

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from tenfold.data.extractive import extract
-from tenfold.toy import NAMES, document
-from tenfold.tiny import build_tokenizer
+from tenfold.synth.extractive import extract
+from tenfold.toy import NAMES, build_tokenizer, document
 
 LINE_TOKENS = 12  # tokens of one diary line with its newline, in the world's tokenizer (checked by the tests)
 

@@ -20,8 +20,7 @@ import ast
 import urllib.request
 from pathlib import Path
 
-from tenfold.data.tokenize import read_jsonl
-from tenfold.eval.longbench import cache_dir
+from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 

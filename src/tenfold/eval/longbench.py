@@ -24,14 +24,13 @@ Hugging Face hub (THUDM/LongBench).
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from tenfold.data.tokenize import read_jsonl
+from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
 
@@ -56,10 +55,6 @@ PRESETS = ("official", "paper")
 CONFIG_URL = "https://raw.githubusercontent.com/THUDM/LongBench/2e00731f8d0bff23dc4325161044d0ed8af94c1e/LongBench/config/{}"
 CONFIG_FILES = ("dataset2prompt.json", "dataset2maxlen.json")
 DATA_REPO = "THUDM/LongBench"  # a Hugging Face dataset; data.zip holds data/<name>.jsonl
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TENFOLD_CACHE", Path.home() / ".cache" / "tenfold"))
 
 
 # ---------------------------------------------------------------- scoring (LongBench's eval.py)

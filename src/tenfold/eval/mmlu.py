@@ -22,7 +22,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from tenfold.data.tokenize import read_jsonl
+from tenfold.io import read_jsonl
 from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
 
 LETTERS = ("A", "B", "C", "D")

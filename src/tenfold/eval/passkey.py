@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tenfold.eval.metrics import first_integer
-from tenfold.eval.needle import fill, insertion_point
+from tenfold.eval.haystack import fill, insertion_point
 from tenfold.eval.plots import heatmap
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 

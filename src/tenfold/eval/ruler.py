@@ -153,7 +153,7 @@ def run_ruler(backend, output_dir: str | Path, tasks: list[str] | None = None, l
         "seed": seed, "haystack": haystack, "max_new_tokens": TOKENS_TO_GENERATE})
     essay = []
     if haystack:
-        from tenfold.eval.needle import read_haystack
+        from tenfold.eval.haystack import read_haystack
         essay = [s.strip() + "." for s in read_haystack(haystack).split(".") if s.strip()]
     cases = []
     for task in tasks:

@@ -13,13 +13,13 @@ were made otherwise, unless told to discard them (`overwrite=True`, `--overwrite
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
+
+from tenfold.io import AppendLog, write_atomic
 
 
 def check_length(backend, benchmark: str, longest_prompt: int, max_new_tokens: int) -> None:
@@ -38,27 +38,6 @@ def check_length(backend, benchmark: str, longest_prompt: int, max_new_tokens: i
                 f"{benchmark}: generating from {need} tokens needs about {needed / 2**30:.1f} GiB (KV cache and "
                 f"activations of one batch) but {free / 2**30:.1f} GiB are free on {backend.device}; drop the "
                 f"longer lengths or lower --batch-size")
-
-
-def load_finished(path: Path) -> dict[str, dict]:
-    """Finished cases by id. A last line cut short by a kill is dropped from the file."""
-    if not path.is_file():
-        return {}
-    finished, good_bytes = {}, 0
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if line.endswith(b"\n"):
-                    raise ValueError(f"{path}: a line in the middle is not JSON; delete the file to start over") from None
-                break
-            finished[record["id"]] = record
-            good_bytes += len(line)
-    if good_bytes < path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return finished
 
 
 def model_lengths(backend, training_length: int | None = None) -> dict:
@@ -80,11 +59,6 @@ def backend_identity(backend) -> dict:
     """What identifies a backend's predictions: `Backend.identity()`, or a stand-in's type and name."""
     identity = getattr(backend, "identity", None)
     return identity() if callable(identity) else {"kind": type(backend).__name__, "model": backend.name}
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -131,9 +105,7 @@ def claim_predictions(backend, predictions_path: str | Path, settings: dict, ove
         path.unlink()
     if old != key or overwrite:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = key_path.with_name(key_path.name + ".tmp")
-        temp.write_text(json.dumps(key, indent=1) + "\n")
-        os.replace(temp, key_path)
+        write_atomic(key_path, json.dumps(key, indent=1) + "\n", "--output-dir")
     return key
 
 
@@ -142,21 +114,18 @@ def resume_cases(cases: list[dict], predictions_path: str | Path, predict: Calla
     """Run `predict` (a batch of cases -> their records, each with the case's "id") on every case not yet in
     predictions_path, `batch_size` at a time (in `sort_key` order), appending each batch's records as soon as
     it is done; returns all records in case order."""
-    path = Path(predictions_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    finished = load_finished(path)
+    log = AppendLog(predictions_path, "--output-dir", "delete the file to start over")
+    finished = log.finished()
     todo = [case for case in cases if case["id"] not in finished]
     if sort_key is not None:
         todo.sort(key=sort_key)
     batch_size = max(1, batch_size)
-    with open(path, "a") as log, tqdm(total=len(cases), initial=len(cases) - len(todo), desc=desc) as bar:
+    with tqdm(total=len(cases), initial=len(cases) - len(todo), desc=desc) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            for record in predict(batch):
-                finished[record["id"]] = record
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            records = predict(batch)
+            log.append(records)
+            finished.update((record["id"], record) for record in records)
             bar.update(len(batch))
     return [finished[case["id"]] for case in cases]
 
@@ -187,8 +156,8 @@ def write_outputs(output_dir: str | Path, name: str, records: list[dict], summar
     """DIR/<name>.json (the per-case list) and DIR/<name>.summary.json; returns the summary."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{name}.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
-    (output_dir / f"{name}.summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(output_dir / f"{name}.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(output_dir / f"{name}.summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
 
 

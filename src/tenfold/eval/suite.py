@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 
 from tenfold.eval import BENCHMARKS, run_benchmark
-from tenfold.eval.backends import load_backend
+from tenfold.generation import load_backend
 from tenfold.eval.runner import model_lengths
 from tenfold.recipe import read_recipe_file
 

@@ -15,7 +15,8 @@ import json
 import random
 from pathlib import Path
 
-from tenfold.data.tokenize import RecordError, read_jsonl
+from tenfold.errors import RecordError
+from tenfold.io import read_jsonl
 from tenfold.eval.plots import line_plot
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 

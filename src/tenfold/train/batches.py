@@ -14,10 +14,11 @@ import torch
 from tqdm import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from tenfold.data import tokenize
-from tenfold.data.report import record_tokens
-from tenfold.data.tokenize import RecordError, check_jsonl_bytes, encode_record, read_jsonl
-from tenfold.toy import toy_records, write_jsonl
+from tenfold import records
+from tenfold.errors import RecordError
+from tenfold.io import check_jsonl_bytes, read_jsonl, write_jsonl
+from tenfold.records import encode_record, record_tokens
+from tenfold.toy import TOY_DATA, toy_records
 from tenfold.recipe import Recipe
 
 FEATURES = datasets.Features({
@@ -61,7 +62,7 @@ def _encoded_rows(files: list[str], tokenizer, max_length: int, context_weight: 
 
 def resolve_data_file(name: str, out: Path) -> Path:
     """`tenfold/toy` is the built-in toy world (written to OUT/data/toy.jsonl); anything else is a path."""
-    if name == "tenfold/toy":
+    if name == TOY_DATA:
         return write_jsonl(toy_records(256, seed=0), out / "data" / "toy.jsonl")
     return Path(name)
 
@@ -87,7 +88,7 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
         "files": digests,
         "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "template": tokenizer.chat_template,
         "max_length": recipe.data.max_length, "context_weight": recipe.data.context_weight,
-        "encoder": hashlib.sha256(Path(tokenize.__file__).read_bytes()).hexdigest(),  # new code, new encoding
+        "encoder": hashlib.sha256(Path(records.__file__).read_bytes()).hexdigest(),  # new code, new encoding
     }, sort_keys=True).encode()).hexdigest()[:16]
     try:
         rows = datasets.Dataset.from_generator(

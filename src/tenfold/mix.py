@@ -23,12 +23,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from tenfold.data.corpus import warn
-from tenfold.data.report import record_tokens
-from tenfold.data.synth import TOY_DATA, target_tokenizer
-from tenfold.data.tokenize import RecordError, binary_file, text_line
-from tenfold.models import load_tokenizer
-from tenfold.toy import toy_records
+from tenfold.errors import RecordError
+from tenfold.io import binary_file, text_line, warn
+from tenfold.records import record_tokens
+from tenfold.models import load_tokenizer, target_tokenizer
+from tenfold.toy import TOY_DATA, toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
 

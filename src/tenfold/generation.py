@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tenfold.io import file_sha256
 from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
                             resolve_model_path)
 from tenfold.recipe import RopeSettings
@@ -91,8 +92,6 @@ def model_identity(model: str) -> dict:
         return {"model": path}
     if not is_adapter_dir(path):
         return {"model": str(Path(path).resolve())}
-    from tenfold.eval.runner import file_sha256
-
     weights = adapter_dir(path) / "adapter_model.safetensors"
     return {"model": json.loads((adapter_dir(path) / "tenfold.json").read_text()).get("base_model"),
             "adapter_sha256": file_sha256(weights) if weights.is_file() else None}

@@ -27,35 +27,18 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from tenfold.data.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
-from tenfold.data.corpus import Document, filter_documents, read_corpus, text_id, warn
-from tenfold.data.generators import Reply, Request, make_generator
-from tenfold.data.prompts import PROMPTS, TASKS
-from tenfold.data.replies import reply_problem, valid_items
-from tenfold.data.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
-from tenfold.errors import UserError
-from tenfold.models import load_tokenizer, plain_tokenizer_file
+from tenfold.synth.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
+from tenfold.synth.corpus import Document, filter_documents, read_corpus, text_id
+from tenfold.synth.generators import Reply, Request, make_generator
+from tenfold.synth.prompts import PROMPTS, TASKS
+from tenfold.synth.replies import reply_problem, valid_items
+from tenfold.synth.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
+from tenfold.io import AppendLog, write_atomic, warn
+from tenfold.models import load_tokenizer, plain_tokenizer_file, target_tokenizer
 from tenfold.recipe import RecipeError, coerce, read_recipe_file
-from tenfold.toy import toy_records
+from tenfold.toy import TOY_DATA, toy_records
 
 HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
-TOY_DATA, TOY_TOKENIZER = "tenfold/toy", "tenfold/tiny-llama"  # the shipped toy world and its tokenizer
-
-
-def target_tokenizer(verb: str, recipe: str | None, inputs: list[str]) -> str:
-    """The tokenizer when --tokenizer is not given: the recipe's model.name; on the shipped toy data alone,
-    the shipped toy tokenizer; else a refusal naming the flag (another model's tokens miscount lengths)."""
-    model = read_recipe_file(recipe).get("model") if recipe else None
-    name = model.get("name") if isinstance(model, dict) else None
-    if name:
-        return str(name)
-    if inputs and all(name == TOY_DATA for name in inputs):
-        return TOY_TOKENIZER
-    where = f"{recipe} has no model.name" if recipe else "no --tokenizer or --recipe given"
-    raise RecipeError(f"{verb} counts lengths in the target model's tokens and {where}; give --tokenizer "
-                      f"(e.g. --tokenizer meta-llama/Meta-Llama-3-8B-Instruct) or a --recipe with model.name")
-
-
 @dataclass
 class SynthSettings:
     corpus: str = ""
@@ -153,56 +136,6 @@ class ResponseCache:
         write_atomic(path, json.dumps(dataclasses.asdict(reply)), "--cache-dir")
 
 
-def write_error(path: Path, error: OSError, elsewhere: str) -> UserError:
-    """A failed write (a full disk, no permission) as one line: the path, why, and that a rerun resumes."""
-    return UserError(f"could not write {path}: {error.strerror or error}; free space (or give another {elsewhere}) "
-                     f"and run the same command again: what was written before is kept")
-
-
-def write_atomic(path: Path, text: str, elsewhere: str) -> None:
-    """The whole text or the old file: written beside it and renamed; a failed write leaves no temp file."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, e, elsewhere) from None
-
-
-def finished_ids(output: Path) -> set[str]:
-    """Ids of the records already in the output; a last line cut short by a kill is dropped first."""
-    ids, offset, cut = set(), 0, None
-    if not output.exists():
-        return ids
-    with open(output, "rb") as f:  # streamed: the output may be gigabytes
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                cut = offset
-                break
-            offset += len(line)
-            if line.strip():
-                try:
-                    ids.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{output}, line {number}: not a synth record; use a new --output file") from None
-    if cut is not None:
-        os.truncate(output, cut)
-        warn(f"synth: {output}: dropped an unfinished last line (an interrupted run); its record is redone")
-    return ids
-
-
-def append_line(fd: int, record: dict, path: Path) -> None:
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    start = os.lseek(fd, 0, os.SEEK_END)
-    try:
-        while data:  # one write() per record in practice; a partial one is finished here or dropped on restart
-            data = data[os.write(fd, data):]
-    except OSError as e:
-        os.ftruncate(fd, start)  # no half line: the records before it stay whole
-        raise write_error(path, e, "--output") from None
-
-
 def toy_documents():
     """`--corpus tenfold/toy`: the toy world's documents with facts in them (its conversations' documents)."""
     for record in toy_records(24, seed=0, min_lines=60, max_lines=80):
@@ -251,11 +184,11 @@ def token_counter(name: str):
     return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
 
 
-async def run_contexts(todo, done: set[str], process, output: Path, settings: SynthSettings,
+async def run_contexts(todo, done: set[str], process, output: AppendLog, settings: SynthSettings,
                        stats: Counter) -> None:
     """process(context, fd) for each (id, build) of `todo` not in `done`, at most 2 x concurrency contexts in
     flight (the generator bounds the requests); the first failure cancels the rest and is raised."""
-    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(output.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     pending: set[asyncio.Task] = set()
     started = len(done)
     try:
@@ -289,7 +222,8 @@ def synth(settings: SynthSettings) -> dict:
     output = Path(settings.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     count_tokens = token_counter(settings.tokenizer)
-    done = finished_ids(output)
+    log = AppendLog(output, "--output", "use a new --output file")
+    done = set(log.finished(keep_records=False))
     generator = make_generator(settings)
     cache = ResponseCache(settings.cache_dir or f"{output}.cache")
     skipped, rejected = Counter(), Counter()
@@ -323,7 +257,7 @@ def synth(settings: SynthSettings) -> dict:
             if record is None:
                 stats["contexts_without_record"] += 1
             else:
-                append_line(fd, record, output)
+                log.append_to(fd, record)
                 records_by_task[context.task] += 1
         progress.update(1)
         progress.set_postfix(in_flight=generator.tally.in_flight, records=sum(records_by_task.values()),
@@ -332,10 +266,10 @@ def synth(settings: SynthSettings) -> dict:
 
     try:
         asyncio.run(run_contexts(contexts(settings, generator, count_tokens, skipped), done, process,
-                                 output, settings, stats))
+                                 log, settings, stats))
     finally:
         progress.close()  # the bar ends its line before any error is printed
-    from tenfold.data.report import write_report
+    from tenfold.synth.report import write_report
 
     tokenizer = load_tokenizer(settings.tokenizer)  # with its chat template: record lengths as training sees them
     return write_report(output, settings, generator, tokenizer, skipped, rejected, stats, records_by_task)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tenfold.data.corpus import Document, chunk_text, text_id
-from tenfold.data.extractive import spread
-from tenfold.data.generators import Request
-from tenfold.data.prompts import (DISTANT_EXCERPTS, EXCERPT_SEPARATOR, PROMPTS, SEVERAL_TEXTS, WHOLE_DOCUMENT,
+from tenfold.synth.corpus import Document, chunk_text, text_id
+from tenfold.synth.extractive import spread
+from tenfold.synth.generators import Request
+from tenfold.synth.prompts import (DISTANT_EXCERPTS, EXCERPT_SEPARATOR, PROMPTS, SEVERAL_TEXTS, WHOLE_DOCUMENT,
                                   numbered_texts, render)
 
 PROMPT_OVERHEAD_TOKENS = 512  # the instructions around a context, with room to spare

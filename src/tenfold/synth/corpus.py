@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from tqdm import tqdm
+from tenfold.io import warn
 
 TEXT_SUFFIXES = {".txt", ".md"}
 CountTokens = Callable[[str], int]
@@ -37,10 +36,6 @@ class Chunk:
     text: str
     start: int  # character offsets into the document; consecutive chunks tile it exactly
     end: int
-
-
-def warn(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)  # keeps progress bars intact
 
 
 def text_id(text: str) -> str:

@@ -1,6 +1,6 @@
 """Generator backends for `tenfold synth`: each turns a prompt into a reply, asynchronously.
 
-  offline       questions and answers extracted from the text itself (tenfold.data.extractive); no LLM
+  offline       questions and answers extracted from the text itself (tenfold.synth.extractive); no LLM
   openai        any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, `transformers serve`) via the openai
                 client: requests/tokens per minute and a concurrency that adapts to 429s (data/limits.py),
                 retries with exponential back-off on 429, 5xx, time-outs and unreadable replies (honouring
@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tenfold.data import limits
-from tenfold.data.extractive import extract
+from tenfold.synth import limits
+from tenfold.synth.extractive import extract
 
 
 @dataclass

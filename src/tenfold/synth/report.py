@@ -7,15 +7,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tenfold.data.tokenize import read_jsonl
-
-
-def record_tokens(record: dict, tokenizer) -> int:
-    """A record's length in the target model's tokens, as training will see it (chat template included)."""
-    if "conversations" in record and tokenizer.chat_template:
-        return len(tokenizer.apply_chat_template(record["conversations"], tokenize=True, return_dict=True)["input_ids"])
-    text = record.get("text") or "\n".join(t["content"] for t in record.get("conversations", []))
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+from tenfold.io import read_jsonl, write_atomic
+from tenfold.records import record_tokens
 
 
 def plot_lengths(lengths: list[int], path: Path, title: str) -> None:
@@ -61,8 +54,6 @@ def write_report(output: Path, settings, generator, tokenizer, skipped: Counter,
         "histogram": str(output) + ".lengths.png",
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
     }
-    from tenfold.data.synth import write_atomic
-
     write_atomic(Path(str(output) + ".summary.json"), json.dumps(summary, indent=2), "--output")
     plot_lengths(lengths, Path(summary["histogram"]), f"{sum(tasks_in_output.values())} records in {output.name}")
     return summary

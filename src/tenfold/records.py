@@ -1,4 +1,4 @@
-"""Turn records into token ids and per-token loss weights.
+"""The training record: token ids and per-token loss weights (chat-template loss spans, middle truncation).
 
 Conversations are rendered with the tokenizer's own chat template (Llama-3's, ChatML, one that adds a
 default system prompt...); only the assistant completions carry loss unless `context_weight` says
@@ -12,12 +12,9 @@ turn are kept whole.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
-from tenfold.errors import UserError
+from tenfold.errors import RecordError
 
 ROLES = ("user", "assistant", "system")
 MIN_TAIL_TOKENS = 32  # kept at the end of a first user turn that has no "\n\n" before its question
@@ -31,62 +28,12 @@ class Encoded:
     truncated: bool  # True if tokens were removed to fit max_length
 
 
-class RecordError(UserError):
-    """A record (or a line of a JSONL file) is malformed."""
-
-
-def binary_file(path: str | Path, head: bytes, first_line: int = 1) -> RecordError | None:
-    """A NUL byte in a file's head (its first 8 KiB, as git and grep look) marks a binary file, not JSON Lines."""
-    if b"\0" not in head:
-        return None
-    line = first_line + head.count(b"\n", 0, head.index(b"\0"))
-    return RecordError(f"{path}, line {line}: a NUL byte, so a binary file, not JSON Lines; "
-                       f"give a .jsonl file of one JSON object per line")
-
-
-def text_line(path: str | Path, number: int, raw: bytes) -> str:
-    """A JSONL line's bytes as text; a binary file or bytes that are not UTF-8 are a RecordError naming the line."""
-    if error := binary_file(path, raw, number):
-        raise error
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecordError(f"{path}, line {number}, column {e.start + 1}: byte 0x{raw[e.start]:02x} is not UTF-8; "
-                          f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-
-
-def check_jsonl_bytes(path: str | Path, data: bytes) -> None:
-    """A whole JSONL file's bytes: empty, binary or not UTF-8 is a RecordError naming the file, the line and the fix."""
-    if not data.strip():
-        raise RecordError(f"{path}: empty (no records); give a JSONL file with one JSON object per line, "
-                          f"or leave it out")
-    if error := binary_file(path, data[:8192]):
-        raise error
-    try:
-        bad = data.index(b"\0")
-    except ValueError:
-        try:
-            data.decode("utf-8")
-            return
-        except UnicodeDecodeError as e:
-            bad = e.start
-    start = data.rfind(b"\n", 0, bad) + 1
-    end = data.find(b"\n", bad)
-    text_line(path, data.count(b"\n", 0, bad) + 1, data[start:end if end >= 0 else len(data)])
-
-
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Yield one record per non-blank line of a JSONL file."""
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            line = text_line(path, line_number, raw)
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}, line {line_number}: not valid JSON ({e.msg}); "
-                                  f"each line must hold exactly one JSON object") from None
+def record_tokens(record: dict, tokenizer) -> int:
+    """A record's length in the target model's tokens, as training will see it (chat template included)."""
+    if "conversations" in record and tokenizer.chat_template:
+        return len(tokenizer.apply_chat_template(record["conversations"], tokenize=True, return_dict=True)["input_ids"])
+    text = record.get("text") or "\n".join(t["content"] for t in record.get("conversations", []))
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def encode_record(record: dict, tokenizer, max_length: int, context_weight: float = 0.0) -> Encoded | None:

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from tenfold.data.replies import STOPWORDS, words
+from tenfold.synth.replies import STOPWORDS, words
 
 FACT = re.compile(r"^(?P<subject>\S.{0,80}?)\s+(?P<verb>is|are|was|were)\s+(?P<value>[^\s].{0,100}?)\s*(?P<end>[.!?])?$")
 NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
