@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
+from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
@@ -128,5 +129,5 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
         records += done
     summary = {"benchmark": "infbench", "model": describe(backend), "preset": preset, "template_set": template_set,
                "truncate_length": truncate_length, "summary_metric": settings["sum_metric"], "scores": scores,
-               "score": mean(scores.values())}
+               "score": mean(scores.values()), "paper_reported": paper_reported(backend.name, "infbench")}
     return write_outputs(out, "infbench", records, summary)

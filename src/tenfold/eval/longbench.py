@@ -32,6 +32,7 @@ import numpy as np
 
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
+from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
 
 CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
@@ -250,4 +251,5 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     else:
         summary.update(summarize(scores, preset))
         summary["score"] = summary["avg"]
+        summary["paper_reported"] = paper_reported(backend.name, "longbench")
     return write_outputs(out, name, records, summary)

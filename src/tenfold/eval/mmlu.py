@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tenfold.io import read_jsonl
+from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
 
 LETTERS = ("A", "B", "C", "D")
@@ -174,5 +175,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
 
     records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
     summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
-               "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"])}
+               "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"]),
+               "paper_reported": paper_reported(backend.name, "mmlu")}
     return write_outputs(out, "mmlu", records, summary)
