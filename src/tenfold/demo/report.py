@@ -115,7 +115,7 @@ def write_report(out: Path, results: dict, rows: dict, timings: dict, training: 
               "|---|" + "---|" * len(results["loss_by_position"]["before"])]
     lines += [f"| {LABELS[name]} | " + " | ".join(f"{v:.2f}" for v in losses) + " |"
               for name, losses in results["loss_by_position"].items()]
-    lines += ["", "## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {what} | {value} | {'yes' if ok else 'no'} |" for what, value, ok in targets(numbers)]
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]

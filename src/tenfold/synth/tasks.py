@@ -2,7 +2,7 @@
 
 A Context is one future training record: the long text it opens with, the generator requests whose
 replies supply its question-answer pairs, and for single-detail requests the chunk their answers
-must be found in. The pairs of one context become one multi-turn conversation (DESIGN.md): the
+must be found in. The pairs of one context become one multi-turn conversation (README, Training data): the
 context and the first question in the first user turn, one more user/assistant turn per pair.
 
   single_detail               a few chunks of a document, each asked about alone; posed against the whole
