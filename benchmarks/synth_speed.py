@@ -13,69 +13,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class LatencyServer:
-    """Chat completions that take `latency` seconds; answers are built from the prompt's excerpt."""
-
-    def __init__(self, latency: float):
-        self.latency, self.lock = latency, threading.Lock()
-        self.first_request = self.last_answer = None
-        self.answered = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as real providers
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.first_request = server.first_request or time.monotonic()
-                time.sleep(server.latency)  # the server's latency is what is being benchmarked against
-                prompt = body["messages"][0]["content"]
-                context = re.search(r"=== [A-Z ]+ ===\n(.*?)\n=== END", prompt, re.DOTALL).group(1)
-                word = re.findall(r"\w+", context)[3]
-                tag = hashlib.md5(prompt.encode()).hexdigest()[:6]
-                content = json.dumps([{"question": f"Which word comes fourth in {tag}?", "answer": word},
-                                      {"question": f"And in {tag} again?", "answer": word}])
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": content}}],
-                                   "usage": {"prompt_tokens": 100, "completion_tokens": 10,
-                                             "total_tokens": 110}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                with server.lock:
-                    server.answered += 1
-                    server.last_answer = time.monotonic()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+sys.path.insert(0, str(ROOT / "tests"))  # the fake server the tests use: one fake, kept in one place
+from fake_openai import FakeServer  # noqa: E402
 
 
 def write_corpus(root: Path, n: int) -> Path:
@@ -90,7 +39,7 @@ def write_corpus(root: Path, n: int) -> Path:
 
 
 def run_synth(corpus: Path, output: Path, latency: float, contexts: int, concurrency: int | None) -> dict:
-    server = LatencyServer(latency)
+    server = FakeServer(latency=latency)  # chat completions that take `latency` seconds
     argv = [sys.executable, "-m", "tenfold.cli", "synth", "--corpus", str(corpus), "--output", str(output),
             "--generator", "openai", "--model", "bench", "--base-url", server.url, "--tasks", "multi_detail",
             "--min-tokens", "400", "--max-tokens", "3000", "--tokenizer", "tenfold/tiny-llama",
@@ -105,7 +54,7 @@ def run_synth(corpus: Path, output: Path, latency: float, contexts: int, concurr
         raise SystemExit(f"synth failed ({done.returncode}): {done.stderr[-2000:]}")
     records = sum(1 for _ in open(output))
     phase = server.last_answer - server.first_request
-    return {"concurrency": concurrency or "default", "records": records, "requests": server.answered,
+    return {"concurrency": concurrency or "default", "records": records, "requests": sum(server.answered.values()),
             "request_phase_s": round(phase, 3), "records_per_s": round(records / phase, 2),
             "startup_s": round(server.first_request - launched, 3),
             "total_s": round(time.monotonic() - launched, 3)}

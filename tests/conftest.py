@@ -19,6 +19,15 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    """The tiny model behind a TransformersBackend, shared by the whole session: 4096 tokens (past its native
+    256, for the long prompts), batches of 4. A test that changes it puts it back (monkeypatch does)."""
+    from tenfold.generation import TransformersBackend
+
+    return TransformersBackend(str(tiny_model_dir), max_length=4096, batch_size=4)
+
+
+@pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     return write_jsonl(toy_records(24, seed=3, min_lines=4, max_lines=24), tmp_path_factory.mktemp("data") / "toy.jsonl")
 

@@ -3,7 +3,7 @@ import json
 import pytest
 from rouge_score import rouge_scorer
 
-from tenfold.generation import load_backend
+from fakes import FakeBackend
 from tenfold.eval.infbench import load_templates, run_infbench, summary_score, truncate_middle
 
 # A prompt.py in InfiniteBench's layout, written by the test (the real one is downloaded at run time).
@@ -30,11 +30,6 @@ def _write(tmp_path):
     return tmp_path / "prompt.py", data
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend(str(tiny_model_dir), batch_size=2, max_length=4096)
-
-
 def test_templates_are_read_as_literals_from_prompt_py(tmp_path):
     path, _ = _write(tmp_path)
     assert load_templates(path)["longbook_qa_eng"] == "Read the book.\n\n{context}\n\nQuestion: {question}\nAnswer:"
@@ -43,8 +38,8 @@ def test_templates_are_read_as_literals_from_prompt_py(tmp_path):
         load_templates(path, "claude2")
 
 
-def test_truncation_keeps_both_ends_with_or_without_the_bos(backend):
-    tok = backend.tokenizer
+def test_truncation_keeps_both_ends_with_or_without_the_bos(tiny_backend):
+    tok = tiny_backend.tokenizer
     text = "book start . " + " ".join(WORDS * 30) + " question end ?"
     for count_bos in (False, True):
         ids = tok(text, add_special_tokens=count_bos)["input_ids"]
@@ -62,21 +57,16 @@ def test_summary_metrics_of_the_two_presets():
     assert summary_score("anna sleeps", ["a zebra", "anna sleeps"], "paper") == pytest.approx(1, abs=1e-7)  # best reference
 
 
-def test_infbench_end_to_end_and_resume(backend, tmp_path):
+def test_infbench_end_to_end_and_resume(tiny_backend, tmp_path):
     prompts, data = _write(tmp_path)
-    summary = run_infbench(backend, tmp_path / "out", truncate_length=150, prompts=prompts, data_dir=data, limit=1)
+    summary = run_infbench(tiny_backend, tmp_path / "out", truncate_length=150, prompts=prompts, data_dir=data, limit=1)
     records = json.loads((tmp_path / "out" / "infbench.json").read_text())
     assert [r["task"] for r in records] == ["longbook_qa_eng", "longbook_sum_eng"]
     assert summary["scores"]["longbook_qa_eng"] == 100 * records[0]["score"]
     assert summary["preset"] == "paper" and summary["truncate_length"] == 150
-    calls = []
-    original = backend.generate
-    backend.generate = lambda *a, **k: calls.append(a) or original(*a, **k)
-    try:
-        again = run_infbench(backend, tmp_path / "out", truncate_length=150, prompts=prompts, data_dir=data, limit=1)
-    finally:
-        del backend.generate
-    assert calls == [] and again["scores"] == summary["scores"]
+    counting = FakeBackend(inner=tiny_backend)
+    again = run_infbench(counting, tmp_path / "out", truncate_length=150, prompts=prompts, data_dir=data, limit=1)
+    assert counting.calls == [] and again["scores"] == summary["scores"]
 
 
 def test_cli_infbench(tiny_model_dir, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import processors
 
 from tenfold.eval import longbench
-from tenfold.generation import load_backend
+from fakes import FakeBackend
 from tenfold.eval.longbench import (ENGLISH, build_cases, run_longbench, score, score_e, summarize,
                                     truncate_middle)
 from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)
@@ -136,23 +136,10 @@ def _write_data(folder: Path, n: int = 3) -> Path:
     return folder
 
 
-class Recording:
-    """Wraps a backend and records every generate call."""
-
-    def __init__(self, backend):
-        self.backend, self.calls = backend, []
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def generate(self, prompts, max_new_tokens, chat=True):
-        self.calls.append((list(prompts), max_new_tokens, chat))
-        return self.backend.generate(prompts, max_new_tokens, chat=chat)
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend(str(tiny_model_dir), batch_size=4, max_length=1024)
+@pytest.fixture
+def backend(tiny_backend, monkeypatch):
+    monkeypatch.setattr(tiny_backend, "max_length", 1024)  # a truncate length of 2000 does not fit
+    return tiny_backend
 
 
 def test_truncate_middle_keeps_first_and_last_half_of_the_tokens(backend):
@@ -171,14 +158,14 @@ def test_truncate_middle_keeps_first_and_last_half_of_the_tokens(backend):
 @needs_longbench_config
 def test_longbench_end_to_end_with_chat_rule_lengths_and_resume(backend, tmp_path):
     data = _write_data(tmp_path / "data")
-    recording = Recording(backend)
+    recording = FakeBackend(inner=backend)
     summary = run_longbench(recording, tmp_path / "out", datasets=["narrativeqa", "trec", "lcc", "passage_count"],
                             preset="paper", truncate_length=120, data_dir=data, config_dir=CONFIG_DIR)
     maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
-    calls = {(max_new, chat) for _, max_new, chat in recording.calls}
+    calls = {(call["max_new_tokens"], call["chat"]) for call in recording.calls}
     assert calls == {(maxlen["narrativeqa"], True), (maxlen["trec"], False), (maxlen["lcc"], False),
                      (maxlen["passage_count"], True)}
-    prompts = [p for batch, _, _ in recording.calls for p in batch]
+    prompts = recording.prompts
     assert len(prompts) == 12 and all(len(backend.tokenizer(p)["input_ids"]) <= 121 for p in prompts)
     assert any(p.startswith("Please complete the code given below.") for p in prompts)
 
@@ -198,7 +185,7 @@ def test_longbench_end_to_end_with_chat_rule_lengths_and_resume(backend, tmp_pat
     recording.calls.clear()
     again = run_longbench(recording, tmp_path / "out", datasets=["narrativeqa", "trec", "lcc", "passage_count"],
                           preset="paper", truncate_length=120, data_dir=data, config_dir=CONFIG_DIR)
-    assert sum(len(batch) for batch, _, _ in recording.calls) == 5
+    assert len(recording.prompts) == 5
     assert again["scores"] == summary["scores"]
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tenfold.generation import load_backend
+from fakes import FakeBackend
 from tenfold.eval.mmlu import LETTERS, format_prompt, load_questions, run_mmlu
 
 # subject -> number of questions: unequal sizes make the subject mean and the question mean differ
@@ -23,19 +23,12 @@ def _write_csv_folder(root):
     return root
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend(str(tiny_model_dir), batch_size=4)
-
-
-class ScriptedBackend:
+class ScriptedBackend(FakeBackend):
     """Puts the highest score on a chosen letter: question i of a subject is answered right iff i < right[subject]."""
 
     def __init__(self, tokenizer, right):
-        self.tokenizer, self.right, self.name, self.batch_size, self.seen = tokenizer, right, "scripted", 4, []
-
-    def describe(self):
-        return {"backend": "scripted"}
+        super().__init__(tokenizer=tokenizer, batch_size=4, name="scripted")
+        self.right, self.seen = right, []
 
     def next_token_logprobs(self, prompts, chat=True):
         out = torch.full((len(prompts), len(self.tokenizer)), -50.0)
@@ -49,23 +42,23 @@ class ScriptedBackend:
         return out
 
 
-def test_presets_average_over_subjects_or_questions(backend, tmp_path):
+def test_presets_average_over_subjects_or_questions(tiny_backend, tmp_path):
     data = _write_csv_folder(tmp_path / "mmlu")
     right = {"abstract_algebra": 2, "philosophy": 0, "sociology": 1}  # accuracies 1, 0, 0.2
-    paper = run_mmlu(ScriptedBackend(backend.tokenizer, right), tmp_path / "paper", preset="paper", data=data)
+    paper = run_mmlu(ScriptedBackend(tiny_backend.tokenizer, right), tmp_path / "paper", preset="paper", data=data)
     assert paper["subjects"] == {"abstract_algebra": 1.0, "philosophy": 0.0, "sociology": 0.2}
     assert paper["score"] == pytest.approx(1.2 / 3)  # mean of the subjects
     assert paper["categories"] == {"STEM": 1.0, "Social Sciences": 0.2, "Humanities": 0.0}
-    harness = run_mmlu(ScriptedBackend(backend.tokenizer, right), tmp_path / "harness", preset="lm-eval-harness", data=data)
+    harness = run_mmlu(ScriptedBackend(tiny_backend.tokenizer, right), tmp_path / "harness", preset="lm-eval-harness", data=data)
     assert harness["score"] == pytest.approx(3 / 10)  # 3 right out of 10 questions
     assert harness["preset"] == "lm-eval-harness" and paper["preset"] == "paper"
 
 
-def test_letter_scores_follow_each_preset_protocol(backend, tmp_path):
+def test_letter_scores_follow_each_preset_protocol(tiny_backend, tmp_path):
     data = _write_csv_folder(tmp_path / "mmlu")
-    tok, model = backend.tokenizer, backend.model
+    tok, model = tiny_backend.tokenizer, tiny_backend.model
     for preset in ("paper", "lm-eval-harness"):
-        run_mmlu(backend, tmp_path / preset, preset=preset, data=data, subjects=["philosophy"])
+        run_mmlu(tiny_backend, tmp_path / preset, preset=preset, data=data, subjects=["philosophy"])
         record = json.loads((tmp_path / preset / "mmlu.json").read_text())[1]
         prompt = format_prompt(record)
         if preset == "paper":  # the user turn of the chat template, then "A" without a space
@@ -82,14 +75,14 @@ def test_letter_scores_follow_each_preset_protocol(backend, tmp_path):
         assert record["prediction"] == int(expected.argmax())
 
 
-def test_resume_scores_only_unfinished_questions(backend, tmp_path):
+def test_resume_scores_only_unfinished_questions(tiny_backend, tmp_path):
     data = _write_csv_folder(tmp_path / "mmlu")
     right = {s: n for s, n in SUBJECTS.items()}
-    first = run_mmlu(ScriptedBackend(backend.tokenizer, right), tmp_path / "out", data=data)
+    first = run_mmlu(ScriptedBackend(tiny_backend.tokenizer, right), tmp_path / "out", data=data)
     path = tmp_path / "out" / "mmlu.predictions.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:6]) + lines[6][:15])  # killed while writing the 7th
-    again = ScriptedBackend(backend.tokenizer, right)
+    again = ScriptedBackend(tiny_backend.tokenizer, right)
     second = run_mmlu(again, tmp_path / "out", data=data)
     assert len(again.seen) == 4 and second["score"] == first["score"] == 1.0
 

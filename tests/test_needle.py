@@ -1,10 +1,10 @@
 import json
 
-import httpx
 import matplotlib.image
-import openai
 import pytest
 
+from fake_openai import FakeServer
+from fakes import FakeBackend
 from tenfold.cli import main
 from tenfold.generation import load_backend
 from tenfold.eval.metrics import Judge, rouge_l_recall
@@ -12,33 +12,6 @@ from tenfold.eval.haystack import read_haystack
 from tenfold.eval.needle import PRESETS, build_cases, run_needle
 
 ANSWER = PRESETS["paper"].answer
-
-
-class Counting:
-    """Wraps a backend; counts prompts and calls, and can die after a number of calls (a killed run)."""
-
-    def __init__(self, backend, die_after: int | None = None):
-        self.inner, self.die_after, self.calls, self.prompts = backend, die_after, 0, []
-        self.tokenizer, self.max_length, self.name = backend.tokenizer, backend.max_length, backend.name
-        self.batch_size = backend.batch_size
-
-    def prompt_length(self, prompt, chat=True):
-        return self.inner.prompt_length(prompt, chat)
-
-    def describe(self):
-        return self.inner.describe()
-
-    def generate(self, prompts, max_new_tokens, chat=True):
-        if self.die_after is not None and self.calls >= self.die_after:
-            raise KeyboardInterrupt
-        self.calls += 1
-        self.prompts.extend(prompts)
-        return self.inner.generate(prompts, max_new_tokens, chat)
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend(str(tiny_model_dir), max_length=1024, batch_size=4)
 
 
 def test_rouge_l_recall_of_the_needles_answer_on_known_strings():
@@ -50,8 +23,8 @@ def test_rouge_l_recall_of_the_needles_answer_on_known_strings():
     assert rouge_l_recall("a day", ANSWER) == pytest.approx(2 / 12)
 
 
-def test_cases_put_the_needle_at_each_depth_on_a_sentence_boundary_within_the_length(backend):
-    tok = backend.tokenizer
+def test_cases_put_the_needle_at_each_depth_on_a_sentence_boundary_within_the_length(tiny_backend):
+    tok = tiny_backend.tokenizer
     preset = PRESETS["paper"]
     preset = type(preset)(**{**preset.__dict__, "lengths": [300, 600], "depths": [0, 25, 50, 75, 100]})
     cases = build_cases(tok, read_haystack("toy", 5000), preset)
@@ -85,7 +58,7 @@ def test_haystack_is_the_same_everywhere_files_sorted(tmp_path):
         read_haystack(tmp_path / "missing.txt")
 
 
-def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically(tiny_model_dir, backend, tmp_path):
+def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically(tiny_model_dir, tiny_backend, tmp_path):
     main(["eval", "needle", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "cli"),
           "--lengths", "300,450", "--depths", "0,50,100", "--max-length", "1024", "--training-length", "300"])
     cells = json.loads((tmp_path / "cli" / "needle.json").read_text())
@@ -99,55 +72,50 @@ def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically
     assert summary["preset"] == "paper" and summary["scorer"] == "rouge-l-recall"
     assert summary["model"]["native_length"] == 256 and summary["model"]["training_length"] == 300  # as given
 
-    from_python = run_needle(backend, tmp_path / "py", lengths=[300, 450], depths=[0, 50, 100])
+    from_python = run_needle(tiny_backend, tmp_path / "py", lengths=[300, 450], depths=[0, 50, 100])
     assert json.loads((tmp_path / "py" / "needle.json").read_text()) == cells
     assert from_python["score"] == summary["score"]
     # the paper preset marks no length of its own: an untrained model has none (it once said 80,000 for any)
     assert from_python["model"]["native_length"] == 256 and from_python["model"]["training_length"] is None
 
 
-def test_killed_needle_run_resumes_without_redoing_or_duplicating_cells(backend, tmp_path):
+def test_killed_needle_run_resumes_without_redoing_or_duplicating_cells(tiny_backend, tmp_path):
     grid = dict(lengths=[300, 450], depths=[0, 33, 66, 100])
-    dying = Counting(backend, die_after=1)
+    dying = FakeBackend(inner=tiny_backend, die_after=1)
     with pytest.raises(KeyboardInterrupt):
         run_needle(dying, tmp_path, **grid)
     log = tmp_path / "needle.predictions.jsonl"
     assert len(log.read_text().splitlines()) == 4  # one batch of 4 cells finished before the kill
     with open(log, "a") as f:
         f.write('{"id": "L450-D66", "length": 45')  # a line cut short by the kill
-    resumed = Counting(backend)
+    resumed = FakeBackend(inner=tiny_backend)
     run_needle(resumed, tmp_path, **grid)
-    assert len(resumed.prompts) == 4 and resumed.calls == 1  # only the unfinished cells, batched
+    assert len(resumed.prompts) == 4 and len(resumed.calls) == 1  # only the unfinished cells, batched
     ids = [json.loads(line)["id"] for line in log.read_text().splitlines()]
     assert sorted(ids) == sorted(f"L{L}-D{d}" for L in (300, 450) for d in (0, 33, 66, 100))
-    again = Counting(backend)
+    again = FakeBackend(inner=tiny_backend)
     run_needle(again, tmp_path, **grid)
-    assert again.calls == 0
+    assert again.calls == []
 
 
 def test_a_length_beyond_the_model_fails_before_any_work(tiny_model_dir, tmp_path):
-    counting = Counting(load_backend(str(tiny_model_dir)))  # configured for 256 tokens
+    counting = FakeBackend(inner=load_backend(str(tiny_model_dir)))  # configured for 256 tokens
     with pytest.raises(ValueError, match="--max-length"):
         run_needle(counting, tmp_path / "out", lengths=[300])
-    assert counting.calls == 0 and not (tmp_path / "out").exists()
+    assert counting.calls == [] and not (tmp_path / "out").exists()
 
 
 def test_judge_uses_the_rubric_and_parses_the_rating():
-    requests = []
-
-    def handler(request):
-        requests.append(json.loads(request.content))
-        reply = "The answer matches the reference. Rating: [[7]]" if len(requests) == 1 else "I think it is fine."
-        return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": "judge",
-                                         "choices": [{"index": 0, "finish_reason": "stop",
-                                                      "message": {"role": "assistant", "content": reply}}]})
-
-    client = openai.OpenAI(api_key="t", base_url="http://fake/v1", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
-    judge = Judge("judge-model", client=client)
-    assert judge("What is the best thing to do in San Francisco?", "eat a sandwich", "a sandwich") == 7
-    body = requests[0]
+    replies = iter(["The answer matches the reference. Rating: [[7]]", "I think it is fine."])
+    server = FakeServer(answer=lambda _: next(replies))
+    try:
+        judge = Judge("judge-model", base_url=server.url)
+        assert judge("What is the best thing to do in San Francisco?", "eat a sandwich", "a sandwich") == 7
+        with pytest.raises(ValueError, match="rating"):
+            judge("q", "r", "p")
+    finally:
+        server.close()
+    _, body = server.requests[0]
     assert body["temperature"] == 0 and body["model"] == "judge-model"
     prompt = body["messages"][-1]["content"]
     assert "Score 10: The answer is completely accurate" in prompt and "[Ground truth]\neat a sandwich" in prompt
-    with pytest.raises(ValueError, match="rating"):
-        judge("q", "r", "p")

@@ -2,33 +2,15 @@ import json
 
 import pytest
 
+from fakes import FakeBackend
 from tenfold.cli import main
-from tenfold.generation import load_backend
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.passkey import FILLER, KEY_LINE, PREFIX, QUESTION, build_cases, run_passkey
 
 
-class FakeBackend:
-    """Answers with a fixed text; counts prompts. Uses the tiny model's tokenizer to cut the filler."""
-
-    def __init__(self, tokenizer, answer=lambda prompt: "no idea"):
-        self.tokenizer, self.max_length, self.name, self.batch_size = tokenizer, 4096, "fake", 8
-        self.answer, self.prompts = answer, []
-
-    def prompt_length(self, prompt, chat=True):
-        return len(self.tokenizer(prompt)["input_ids"])
-
-    def describe(self):
-        return {"backend": "fake"}
-
-    def generate(self, prompts, max_new_tokens, chat=True):
-        self.prompts.extend(prompts)
-        return [self.answer(p) for p in prompts]
-
-
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load_backend(str(tiny_model_dir)).tokenizer
+def tokenizer(tiny_backend):
+    return tiny_backend.tokenizer
 
 
 def test_first_integer_on_known_strings():
@@ -54,12 +36,12 @@ def test_scores_exact_match_of_the_first_integer_and_resumes(tokenizer, tmp_path
         key = first_integer(prompt.split("The pass key is ")[1])
         return f"The pass key is {key}." if prompt.index("The pass key is") <= len(PREFIX) + 2 else "The pass key is 1."
 
-    fake = FakeBackend(tokenizer, answer)
+    fake = FakeBackend(answer, tokenizer=tokenizer)
     summary = run_passkey(fake, tmp_path, lengths=[200, 300], depths=[0, 100])
     cells = json.loads((tmp_path / "passkey.json").read_text())
     assert [c["score"] for c in cells] == [1.0, 0.0, 1.0, 0.0]
     assert summary["score"] == 0.5 and (tmp_path / "passkey.png").stat().st_size > 10_000
-    again = FakeBackend(tokenizer)
+    again = FakeBackend(lambda prompt: "no idea", tokenizer=tokenizer)
     run_passkey(again, tmp_path, lengths=[200, 300, 400], depths=[0, 100])
     assert len(again.prompts) == 2  # only the new length's cells
     assert len(json.loads((tmp_path / "passkey.json").read_text())) == 6

@@ -2,33 +2,17 @@ import json
 
 import pytest
 
+from fakes import FakeBackend
 from tenfold.cli import main
 from tenfold.eval import ruler
-from tenfold.generation import load_backend
 from tenfold.eval.metrics import string_match_all
 from tenfold.eval.ruler import NIAH_TASKS, fit_size, make_sample, run_ruler
 
 
-class Oracle:
+def oracle(tokenizer, answers_by_prompt):
     """Answers every sample correctly by reading the answers off the case (via its prompt)."""
-
-    def __init__(self, backend, answers_by_prompt):
-        self.inner, self.answers = backend, answers_by_prompt
-        self.tokenizer, self.max_length, self.name, self.batch_size = backend.tokenizer, 4096, "oracle", 8
-
-    def prompt_length(self, prompt, chat=True, answer_prefix=""):
-        return self.inner.prompt_length(prompt, chat, answer_prefix)
-
-    def describe(self):
-        return {"backend": "oracle"}
-
-    def generate(self, prompts, max_new_tokens, chat=True, answer_prefix=""):
-        return [" " + ", ".join(self.answers.get(p, ["wrong"])) for p in prompts]
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend(str(tiny_model_dir), max_length=2048, batch_size=8)
+    return FakeBackend(lambda prompt: " " + ", ".join(answers_by_prompt.get(prompt, ["wrong"])), tokenizer=tokenizer,
+                       name="oracle")
 
 
 def test_string_match_all_on_known_strings():
@@ -56,16 +40,16 @@ def test_samples_hold_their_answers_in_rulers_wording():
     assert make_sample("vt", 5, 3, []) == vt and make_sample("vt", 5, 4, []) != vt
 
 
-def test_haystack_is_the_largest_that_fits_with_the_generation(backend):
+def test_haystack_is_the_largest_that_fits_with_the_generation(tiny_backend):
     for task in ("niah_single_1", "vt"):
-        size = fit_size(backend, task, 700, 128, [])
+        size = fit_size(tiny_backend, task, 700, 128, [])
         fitted = make_sample(task, size, 0, [])
         larger = make_sample(task, size + 1, 0, [])
-        assert backend.prompt_length(fitted["prompt"], answer_prefix=fitted["answer_prefix"]) + 128 <= 700
-        assert backend.prompt_length(larger["prompt"], answer_prefix=larger["answer_prefix"]) + 128 > 700
+        assert tiny_backend.prompt_length(fitted["prompt"], answer_prefix=fitted["answer_prefix"]) + 128 <= 700
+        assert tiny_backend.prompt_length(larger["prompt"], answer_prefix=larger["answer_prefix"]) + 128 > 700
 
 
-def test_every_task_scores_one_for_right_answers_and_resumes(backend, tmp_path):
+def test_every_task_scores_one_for_right_answers_and_resumes(tiny_backend, tmp_path):
     tasks = [*NIAH_TASKS, "vt", "cwe"]
     answers = {}  # filled with the answers of the samples run_ruler builds
     original = ruler.make_sample
@@ -77,13 +61,13 @@ def test_every_task_scores_one_for_right_answers_and_resumes(backend, tmp_path):
 
     ruler.make_sample = recording
     try:
-        summary = run_ruler(Oracle(backend, answers), tmp_path, tasks=tasks, lengths=[3000], samples=2)
+        summary = run_ruler(oracle(tiny_backend.tokenizer, answers), tmp_path, tasks=tasks, lengths=[3000], samples=2)
     finally:
         ruler.make_sample = original
     assert summary["score"] == 1.0 and set(summary["by_task_and_length"]) == set(tasks)
     records = json.loads((tmp_path / "ruler.json").read_text())
     assert len(records) == 16 and {r["task"] for r in records} == set(tasks)
-    wrong = Oracle(backend, {})
+    wrong = oracle(tiny_backend.tokenizer, {})
     assert run_ruler(wrong, tmp_path, tasks=tasks, lengths=[3000], samples=2)["score"] == 1.0  # all resumed
 
 

@@ -9,7 +9,8 @@ import pytest
 from tenfold.synth import limits
 from tenfold.synth.limits import RequestLimiter
 from test_synth import records_of, write_corpus
-from test_synth_openai import KEY_ENV, FakeServer, planted_key, synth_argv  # noqa: F401 (a fixture)
+from fake_openai import FakeServer
+from test_synth_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
 from tenfold.cli import main
 
 

@@ -1,124 +1,25 @@
-"""The openai backend against a fake OpenAI-compatible server on loopback, written here.
+"""synth's openai backend against the fake OpenAI-compatible server on loopback (tests/fake_openai.py).
 
 The server answers chat completions with a JSON list built from the prompt (an answer taken from the
 excerpt, so single-detail support holds), and misbehaves on purpose: 429 with Retry-After, 500,
 replies slower than the client's time-out, bodies that are not JSON, and contents that are not JSON.
 """
 
-import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fake_openai import FakeServer
 from tenfold.cli import main
 from test_synth import write_corpus
 
 KEY = "sk-planted-0123456789abcdefXYZ"
 KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"
-
-
-class FakeServer:
-    def __init__(self, faults=None, garbage=frozenset(), gate_after=None, capacity=None, latency=0.0):
-        self.faults = faults or {}  # prompt number (in order of first arrival) -> fault on its first attempt
-        self.garbage = garbage  # prompt numbers whose every answer has content that is not JSON
-        self.gate_after = gate_after  # answer this many requests, then hold the rest until open() is called
-        self.gate = threading.Event()
-        self.lock = threading.Lock()
-        self.order, self.attempts, self.answered = {}, defaultdict(list), Counter()
-        self.admitted = 0
-        self.capacity, self.latency = capacity, latency  # more requests than `capacity` at once get a 429
-        self.busy = self.over_capacity = 0
-        self.auth_ok = True
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                key = hashlib.sha256(prompt.encode()).hexdigest()
-                with server.lock:
-                    server.auth_ok &= self.headers.get("Authorization") == f"Bearer {KEY}"
-                    number = server.order.setdefault(key, len(server.order))
-                    attempt = len(server.attempts[key])
-                    server.attempts[key].append(time.monotonic())
-                    # admit under the lock: counting answers instead let concurrent requests slip past the gate
-                    held = server.gate_after is not None and server.admitted >= server.gate_after
-                    server.admitted += not held
-                if held:
-                    server.gate.wait()
-                    return  # released after the client was killed: nobody is listening
-                if server.capacity is not None:
-                    with server.lock:
-                        full = server.busy >= server.capacity
-                        server.over_capacity += full
-                        server.busy += not full
-                    if full:
-                        return self.reply(429, {"error": {"message": "too many requests in flight"}})
-                    time.sleep(server.latency)  # the provider's latency: what keeps requests in flight
-                    with server.lock:  # free before answering: the client may send its next one at once
-                        server.busy -= 1
-                self.answer_with(body, prompt, key, number, attempt)
-
-            def answer_with(self, body, prompt, key, number, attempt):
-                fault = server.faults.get(number) if attempt == 0 else None
-                if fault == "429":
-                    return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.3"})
-                if fault == "500":
-                    return self.reply(500, {"error": {"message": "boom"}})
-                if fault == "slow":
-                    time.sleep(3.0)  # the fault itself: longer than the client's 1 s time-out
-                if fault == "bad_body":
-                    return self.reply(200, None, raw=b"<html>proxy error</html>")
-                content = "I'd rather not." if number in server.garbage else server.answer(prompt)
-                if fault in ("garbage", "wrong_shape"):  # a 200 whose content is not the prompt's JSON
-                    content = "I'd rather not." if fault == "garbage" else json.dumps(["a question?", "42"])
-                with server.lock:
-                    server.answered[key] += 1
-                self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": content}}],
-                                 "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
-
-            def reply(self, status, payload, headers=None, raw=None):
-                data = raw if raw is not None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # a killed client's broken pipe is expected
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def answer(prompt):
-        context = re.search(r"=== [A-Z ]+ ===\n(.*?)\n=== END", prompt, re.DOTALL).group(1)
-        word = re.findall(r"\w+", context)[3]
-        if '"character"' in prompt:
-            return json.dumps([{"character": "Someone", "biography": f"Someone saw {word}."}])
-        return json.dumps([{"question": f"Which word comes fourth in {hashlib.md5(prompt.encode()).hexdigest()[:6]}?",
-                            "answer": word}, {"question": "And again?", "answer": word}])
-
-    def close(self):
-        self.gate.set()
-        self.httpd.shutdown()
 
 
 @pytest.fixture
@@ -145,7 +46,7 @@ def test_faults_cost_no_record_and_duplicate_none_and_the_key_never_leaks(tmp_pa
     finally:
         server.close()
     records = [json.loads(line) for line in open(output)]
-    assert len(server.order) == 8 and server.auth_ok  # one prompt per document; the key was sent
+    assert len(server.order) == 8 and server.authorizations == {f"Bearer {KEY}"}  # one prompt a document; the key
     assert len(records) == 8 and len({r["id"] for r in records}) == 8  # unusable 200s are asked again
     summary = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())
     assert summary["rejected"] == {}

@@ -3,25 +3,10 @@ import json
 import matplotlib.image
 import pytest
 
+from fakes import FakeBackend
 from tenfold.cli import main
 from tenfold.errors import RecordError
 from tenfold.eval.topic import QUESTION, file_cases, generated_cases, run_topic
-
-
-class FakeBackend:
-    def __init__(self, answer):
-        self.tokenizer, self.max_length, self.name, self.batch_size = None, None, "fake", 4
-        self.answer, self.prompts = answer, []
-
-    def prompt_length(self, prompt, chat=True):
-        return len(prompt.split())
-
-    def describe(self):
-        return {"backend": "fake"}
-
-    def generate(self, prompts, max_new_tokens, chat=True):
-        self.prompts.extend(prompts)
-        return [self.answer(p) for p in prompts]
 
 
 def first_topic(prompt):
@@ -45,14 +30,14 @@ def test_accuracy_per_group_with_a_substring_match_and_resume(tmp_path):
         topics = [t.split(".")[0] for t in prompt.split("USER: I would like to discuss the topic of ")[1:]]
         return f"We first discussed {topics[0].upper()}!" if len(topics) == 3 else topics[1]
 
-    fake = FakeBackend(answer)
+    fake = FakeBackend(answer, batch_size=4)
     summary = run_topic(fake, tmp_path, num_topics=[3, 5], samples=2)
     assert summary["by_num_topics"] == {"3": 1.0, "5": 0.0} and summary["score"] == 0.5
     records = json.loads((tmp_path / "topic.json").read_text())
     assert [r["num_topics"] for r in records] == [3, 3, 5, 5]
     assert all({"target", "prediction", "score"} <= set(r) for r in records)
     assert matplotlib.image.imread(tmp_path / "topic.png").shape[1] > 500
-    again = FakeBackend(answer)
+    again = FakeBackend(answer, batch_size=4)
     run_topic(again, tmp_path, num_topics=[3, 5], samples=2)
     assert again.prompts == []
 

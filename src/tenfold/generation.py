@@ -1,10 +1,16 @@
-"""Model backends for `tenfold eval`: transformers (default), an OpenAI-compatible endpoint, vLLM.
+"""Generation for every verb: model backends (transformers, vLLM, an OpenAI-compatible endpoint) and the
+one OpenAI client.
 
 Every benchmark talks to one `Backend`: `generate` (greedy, stops at every end token the chat
 template uses, returns the completions only) and, for the transformers backend,
 `next_token_logprobs` (MMLU). `load_backend` accepts a model directory, a hub id, `tenfold/<name>`, a
 GGUF file or the output of `tenfold train` (base + adapter, unmerged), and can override the RoPE base in
-memory so a training-free extension is measured with the same code as a trained one.
+memory so a training-free extension is measured with the same code as a trained one. synth's local
+generator is a TransformersBackend too, and synth, eval and the needle judge make their OpenAI clients
+with `openai_client`.
+
+torch and openai are imported where used: synth's OpenAI generator builds its client here and starts
+without the seconds torch takes.
 """
 
 from __future__ import annotations
@@ -12,19 +18,47 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tenfold.io import file_sha256
 from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
                             resolve_model_path)
 from tenfold.recipe import RopeSettings
 
+if TYPE_CHECKING:
+    import torch
+
 # End-of-turn / end-of-text markers of the common chat templates. Llama-3's generation config stops at
 # both <|end_of_text|> and <|eot_id|>; a tokenizer whose eos is only one of them would run on past the
 # other (FlagEmbedding issue #882), so every marker the vocabulary holds is a stop token.
 END_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>",
               "<|end|>", "</s>")
+
+
+# The key sent when the environment holds none: local servers (vLLM, llama.cpp, `transformers serve`) take
+# any key, and "EMPTY" is the one vLLM's documentation uses.
+MISSING_KEY = "EMPTY"
+
+
+def openai_client(base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", asynchronous: bool = False,
+                  **options):
+    """The OpenAI client of every tenfold verb (`openai.OpenAI`, or `openai.AsyncOpenAI` if asynchronous).
+
+    The key is read from the environment variable `api_key_env` and handed to the client only: it is never
+    logged, cached or written. base_url: default $OPENAI_BASE_URL, else OpenAI's own API, which needs a key.
+    `options` go to the client (max_retries, timeout, http_client...).
+    """
+    import openai
+
+    from tenfold.errors import UserError
+
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+    key = os.environ.get(api_key_env)
+    if not key and not base_url:
+        raise UserError(f"no API key: set the environment variable {api_key_env} (keys are never read from "
+                        f"recipes or flags), or point --base-url at a local server")
+    client = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return client(api_key=key or MISSING_KEY, base_url=base_url, **options)
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
@@ -101,6 +135,8 @@ class TransformersBackend(Backend):
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", device: str | None = None, batch_size: int = 8,
                  max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa"):
+        import torch
+
         self.name, self.tokenizer_name = model, tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
@@ -138,6 +174,8 @@ class TransformersBackend(Backend):
         return per_token * max(longest, min(self.max_batch_tokens, longest * self.batch_size))
 
     def free_bytes(self) -> int:
+        import torch
+
         if self.device.type == "cuda":
             return torch.cuda.mem_get_info(self.device)[0]
         with open("/proc/meminfo") as f:
@@ -158,26 +196,32 @@ class TransformersBackend(Backend):
             yield batch
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         return ids, mask
 
-    @torch.no_grad()
     def generate_ids(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                     answer_prefix: str | list[str] = "") -> list[list[int]]:
-        """New token ids per prompt, greedy, cut after the first stop token (which is kept)."""
+                     answer_prefix: str | list[str] = "", temperature: float = 0.0) -> list[list[int]]:
+        """New token ids per prompt, cut after the first stop token (which is kept). Greedy; temperature > 0
+        samples instead (synth), with the model's own generation config for top-p and top-k."""
+        import torch
+
         prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
         encoded = [render_prompt(self.tokenizer, p, chat, a) for p, a in zip(prompts, prefixes)]
+        decoding = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         outputs: list[list[int]] = [[] for _ in prompts]
         for batch in self._batches(encoded, max_new_tokens):
             ids, mask = self._pad([encoded[i] for i in batch])
-            generated = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                temperature=None, top_p=None, top_k=None, num_beams=1,
-                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            )[:, ids.shape[1]:].tolist()
+            with torch.no_grad():
+                generated = self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=1, **decoding,
+                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                )[:, ids.shape[1]:].tolist()
             for i, row in zip(batch, generated):
                 stop = next((t for t, token in enumerate(row) if token in self.stop_ids), None)
                 outputs[i] = row if stop is None else row[:stop + 1]
@@ -188,14 +232,15 @@ class TransformersBackend(Backend):
         return [self.tokenizer.decode(row, skip_special_tokens=True)
                 for row in self.generate_ids(prompts, max_new_tokens, chat, answer_prefix)]
 
-    @torch.no_grad()
     def next_token_logprobs(self, prompts: list[str], chat: bool = True) -> torch.Tensor:
+        import torch
+
         encoded = [render_prompt(self.tokenizer, p, chat) for p in prompts]
         result = torch.empty(len(prompts), self.model.config.vocab_size)
         for batch in self._batches(encoded):
             ids, mask = self._pad([encoded[i] for i in batch])
-            # logits_to_keep=1: only the last position's logits, never [batch, length, vocab].
-            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+            with torch.no_grad():  # logits_to_keep=1: only the last position's logits, never [batch, length, vocab]
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
             result[batch] = torch.log_softmax(logits.float(), dim=-1).cpu()
         return result
 
@@ -204,13 +249,10 @@ class OpenAIBackend(Backend):
     """Any OpenAI-compatible endpoint (OpenAI, vLLM serve, llama.cpp, TGI...); the key comes from the environment."""
 
     def __init__(self, model: str, base_url: str | None = None, tokenizer: str | None = None,
-                 max_length: int | None = None, api_key_env: str = "OPENAI_API_KEY", client=None,
+                 max_length: int | None = None, api_key_env: str = "OPENAI_API_KEY",
                  system_prompt: str | None = None):
-        import openai
-
         self.name = model
-        self.client = client or openai.OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-                                              api_key=os.environ.get(api_key_env, "EMPTY"))
+        self.client = openai_client(base_url, api_key_env)
         self.max_length, self.system_prompt = max_length, system_prompt
         if tokenizer:
             self.tokenizer = load_tokenizer(tokenizer)

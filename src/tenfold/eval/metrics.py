@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from rouge_score import rouge_scorer
+
+from tenfold.generation import openai_client
 
 _ROUGE_L = rouge_scorer.RougeScorer(["rougeL"])  # lowercases, keeps [a-z0-9] tokens, no stemming
 
@@ -48,12 +49,9 @@ class Judge:
     """A 1-10 judge through any OpenAI-compatible endpoint (temperature 0); the key comes from the environment."""
 
     def __init__(self, model: str = "gpt-3.5-turbo-0125", base_url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", client=None):
-        import openai
-
+                 api_key_env: str = "OPENAI_API_KEY"):
         self.model = model
-        self.client = client or openai.OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-                                              api_key=os.environ.get(api_key_env, "EMPTY"))
+        self.client = openai_client(base_url, api_key_env)
 
     def __call__(self, question: str, reference: str, prediction: str) -> int:
         prompt = JUDGE_PROMPT.format(criteria=JUDGE_CRITERIA, reference=reference, question=question,

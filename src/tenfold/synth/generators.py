@@ -5,10 +5,12 @@
                 client: requests/tokens per minute and a concurrency that adapts to 429s (data/limits.py),
                 retries with exponential back-off on 429, 5xx, time-outs and unreadable replies (honouring
                 Retry-After), a request time-out, a token and cost tally
-  transformers  a local causal LM with a chat template, greedy decoding, one request at a time
+  transformers  a local causal LM with a chat template (tenfold.generation.TransformersBackend), greedy
+                decoding (sampling at a temperature above 0), one request at a time
 
-The API key is read from the environment variable the settings name and is kept only inside the
-client: it is never logged, cached or written; error messages are scrubbed of it all the same.
+The openai client comes from tenfold.generation.openai_client: the API key is read from the environment
+variable the settings name and is kept only inside the client: it is never logged, cached or written;
+error messages are scrubbed of it all the same.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from tenfold.generation import TransformersBackend, openai_client
 from tenfold.synth import limits
 from tenfold.synth.extractive import extract
 
@@ -89,24 +92,18 @@ class OpenAIGenerator:
                  backoff_base: float = 1.0, backoff_max: float = 60.0, max_new_tokens: int = 4096,
                  temperature: float = 0.0, context_tokens: int | None = 128_000,
                  requests_per_minute: float | None = None, tokens_per_minute: float | None = None):
-        import openai
-
         self.model, self.context_tokens = model, context_tokens
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self._secret = os.environ.get(api_key_env) or ""
-        if not self._secret and not base_url:
-            raise ValueError(f"no API key: set the environment variable {api_key_env} (keys are never read from "
-                             f"recipes or flags), or point --base-url at a local server")
         # The client's own retries are off: ours count every attempt for the summary and also retry a
         # 200 whose body is not a chat completion (a proxy's error page), which the client does not.
-        self.client = openai.AsyncOpenAI(api_key=self._secret or "none", base_url=base_url, max_retries=0,
-                                         timeout=request_timeout)
+        self.client = openai_client(base_url, api_key_env, asynchronous=True, max_retries=0, timeout=request_timeout)
         self.limiter = limits.RequestLimiter(concurrency, requests_per_minute, tokens_per_minute)
         self.tally = Tally()
 
     def scrub(self, message: str) -> str:
-        return message.replace(self._secret, "***") if self._secret else message
+        """The message without the key the client sends."""
+        return message.replace(self.client.api_key, "***")
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -178,30 +175,21 @@ class TransformersGenerator:
 
     def __init__(self, model: str, max_new_tokens: int = 1024, temperature: float = 0.0,
                  context_tokens: int | None = None):
-        import torch
-
-        from tenfold.models import load_model, load_tokenizer
+        from tenfold.models import load_tokenizer
 
         self.model, self.max_new_tokens, self.temperature = model, max_new_tokens, temperature
-        self.tokenizer = load_tokenizer(model)
-        if not self.tokenizer.chat_template:
+        if not load_tokenizer(model).chat_template:  # before the model's weights are loaded
             raise ValueError(f"generator model {model} has no chat template; use an instruct model")
-        self.llm = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu")[0].eval()
-        self.context_tokens = context_tokens or getattr(self.llm.config, "max_position_embeddings", None)
+        self.llm = TransformersBackend(model, max_length=context_tokens, batch_size=1)
+        self.context_tokens = self.llm.max_length
         self.lock = threading.Lock()  # one generate() at a time on the one model
         self.tally = Tally()
 
     def _generate(self, prompt: str) -> Reply:
-        import torch
-
-        with self.lock, torch.inference_mode():
-            inputs = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                        return_tensors="pt", return_dict=True).to(self.llm.device)
-            sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-            output = self.llm.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                       pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        new = output[0, inputs["input_ids"].shape[1]:]
-        return Reply(self.tokenizer.decode(new, skip_special_tokens=True), inputs["input_ids"].shape[1], len(new))
+        with self.lock:
+            (new,) = self.llm.generate_ids([prompt], self.max_new_tokens, temperature=self.temperature)
+        text = self.llm.tokenizer.decode(new, skip_special_tokens=True)
+        return Reply(text, self.llm.prompt_length(prompt), len(new))
 
     async def complete(self, request: Request, check: Check | None = None) -> Reply:
         self.tally.requests += 1
