@@ -142,15 +142,14 @@ def check_values(cls, values: dict, kind: str, where: str | None = None) -> dict
         raise (RecipeError(f"{where}: {e}") if where else e) from None
 
 
-def load_settings(cls, section: str, path: str | Path | None = None, overrides: dict | None = None,
-                  overrides_from: str = "command line"):
-    """cls from its defaults, then the `section:` mapping of the YAML file at `path`, then `overrides`; every
-    value checked. Overrides that are None are not given. A class with a `recipe` field gets the file's path
-    there (synth and mix read the target model's name from it)."""
+def load_settings(cls, section: str, path: str | Path | None = None, overrides: dict | None = None):
+    """cls from its defaults, then the `section:` mapping of the YAML file at `path`, then `overrides` (the
+    "command line" in messages); every value checked. Overrides that are None are not given. A class with a
+    `recipe` field gets the file's path there (synth and mix read the target model's name from it)."""
     raw = (read_recipe_file(path).get(section) or {}) if path else {}
     values = check_values(cls, raw, section, str(path)) if raw else {}
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    values.update(check_values(cls, given, section, overrides_from))
+    values.update(check_values(cls, given, section, "command line"))
     if path and "recipe" in field_types(cls) and not dataclasses.is_dataclass(field_types(cls)["recipe"]):
         values.setdefault("recipe", str(path))
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and required(f)]
