@@ -74,8 +74,8 @@ class MixSettings:
     tokenizer: str | None = setting(None, "the target model's: counts tokens and cuts plain text to --max-length "
                                           "(default: the --recipe's model.name, else the one in the --synthetic "
                                           "files' .summary.json; needed otherwise, except on tenfold/toy inputs)")
-    recipe: str | None = setting(None, "YAML recipe whose model.name is the target model (for its tokenizer)")
     max_length: int = setting(81920, "plain text is cut to this many tokens")
+    recipe: str | None = setting(None, "YAML recipe whose model.name is the target model (for its tokenizer)")
 
     def __post_init__(self):
         self.counts = parse_counts(self.counts)
