@@ -64,6 +64,23 @@ def test_demo_flag_reaches_the_demo_function():
     assert (args.quick, args.rope_factor, args.output_dir) == (True, 20.0, "x")
 
 
+def test_demo_settings_take_the_recipes_demo_section_and_name_a_bad_key(tmp_path, monkeypatch):
+    from tenfold.demo import run
+    from tenfold.errors import RecipeError
+
+    sizes = run.DemoSettings(quick=True).sizes  # recipes/demo-cpu.yaml's demo: section; --quick applies in demo()
+    assert (sizes.conversations, sizes.facts, sizes.synth_tasks) == (1200, [4, 8], ["single_detail"])
+    assert sizes.lengths == list(range(1, 11)) and sizes.max_steps is None  # not in the section: the defaults
+    bad = tmp_path / "demo.yaml"
+    bad.write_text(run.recipe_path().read_text().replace("  plain: 720", "  plian: 720"))
+    monkeypatch.setattr(run, "recipe_path", lambda: bad)
+    with pytest.raises(RecipeError, match=f"{bad}: unknown demo key 'plian'; allowed: conversations, "):
+        run.DemoSettings()
+    bad.write_text(run.recipe_path().read_text().replace("facts: [4, 8]", "facts: [4, many]"))
+    with pytest.raises(RecipeError, match="demo.facts: expected int, got 'many'"):
+        run.DemoSettings()
+
+
 def read_predictions(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -77,10 +94,10 @@ def grid_from_predictions(path):
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    from tenfold.demo.run import demo
+    from tenfold.demo.run import DemoSettings, demo
 
     out = tmp_path_factory.mktemp("demo")
-    return out, demo(out, quick=True, rope_factor=20.0)
+    return out, demo(DemoSettings(str(out), quick=True, rope_factor=20.0))
 
 
 def test_quick_demo_writes_the_contract(quick_demo):
@@ -124,7 +141,7 @@ def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
     results.json and the report change with it, so they are computed from the run's files."""
     import shutil
 
-    from tenfold.demo.run import demo
+    from tenfold.demo.run import DemoSettings, demo
 
     out, results = quick_demo
     copy = tmp_path / "demo"
@@ -135,7 +152,7 @@ def test_quick_demo_report_follows_a_changed_prediction(quick_demo, tmp_path):
     first["prediction"] = first["answer"] if first["prediction"].strip() != first["answer"] else "no"
     first["score"] = float(first["prediction"] == first["answer"])
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    again = demo(copy, quick=True, rope_factor=20.0)
+    again = demo(DemoSettings(str(copy), quick=True, rope_factor=20.0))
     cell = next(c for c in again["before"] if (c["length"], c["depth"]) == (first["length"], first["depth"]))
     old = next(c for c in results["before"] if (c["length"], c["depth"]) == (first["length"], first["depth"]))
     assert cell["accuracy"] != old["accuracy"]

@@ -51,6 +51,11 @@ def test_bad_suites_are_refused_with_the_fix(tmp_path):
         load_suite({"eval": {"models": {"a": {"path": "x"}}, "benchmarks": {"needle": {}}}})
     with pytest.raises(ValueError, match="suite file .*missing.yaml not found"):
         load_suite(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown needle key 'lenghts'; allowed: preset, lengths, depths"):
+        load_suite({"eval": {"models": {"a": {"model": "x"}}, "benchmarks": {"needle": {"lenghts": [300]}}}})
+    suite = load_suite({"eval": {"models": {"a": {"model": "x"}}, "benchmarks": {"passkey": {"lengths": "250,300"},
+                                                                                   "topic": None}}})
+    assert suite["benchmarks"] == {"passkey": {"lengths": [250, 300]}, "topic": {}}  # the registry's types
 
 
 def test_markdown_table_leaves_missing_cells_blank():

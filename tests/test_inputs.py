@@ -4,7 +4,8 @@ import json
 import pytest
 
 from tenfold.cli import main
-from tenfold.synth.run import synth_settings
+from tenfold.config import load_settings
+from tenfold.synth.run import SynthSettings
 from tenfold.io import write_jsonl
 from tenfold.toy import toy_records
 from tenfold.models import resolve_model_path
@@ -42,8 +43,9 @@ def test_the_tokenizer_comes_from_the_flag_or_the_recipes_model(tmp_path, plain_
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model:\n  name: tenfold/toy-llama\nsynth:\n  min_tokens: 10\n")
     common = {"corpus": str(tmp_path), "output": str(tmp_path / "s.jsonl")}
-    assert synth_settings(str(recipe), common).tokenizer == "tenfold/toy-llama"
-    assert synth_settings(str(recipe), dict(common, tokenizer="tenfold/tiny-llama")).tokenizer == "tenfold/tiny-llama"
+    assert load_settings(SynthSettings, "synth", str(recipe), common).tokenizer == "tenfold/toy-llama"
+    given = dict(common, tokenizer="tenfold/tiny-llama")
+    assert load_settings(SynthSettings, "synth", str(recipe), given).tokenizer == "tenfold/tiny-llama"
     output = tmp_path / "m.jsonl"
     main(["mix", "--output", str(output), "--plain", str(plain_file), "--recipe", str(recipe), "--max-length", "32"])
     assert json.loads((tmp_path / "m.jsonl.summary.json").read_text())["tokenizer"] == "tenfold/toy-llama"
@@ -96,13 +98,11 @@ def test_mix_names_a_file_that_does_not_exist(tmp_path, capsys, plain_file):
 
 
 def test_synth_request_timeout_is_a_flag(tmp_path):
-    from tenfold.cli import build_parser
-    from tenfold.synth.run import synth_settings
+    from tenfold.cli import build_parser, settings_from_args
 
     args = build_parser().parse_args(["synth", "--corpus", "tenfold/toy", "--output", str(tmp_path / "o.jsonl"),
                                       "--request-timeout", "7.5"])
-    flags = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "recipe")}  # as cmd_synth does
-    assert synth_settings(None, flags).request_timeout == 7.5
+    assert settings_from_args(SynthSettings, "synth", args).request_timeout == 7.5  # as `tenfold synth` does
 
 
 def test_mix_takes_the_tokenizer_synth_recorded_beside_its_output(tmp_path, capsys, plain_file):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tenfold.plan import Shape, format_plan, longest_context, plan, plan_peak
+from tenfold.plan import PlanSettings, Shape, format_plan, longest_context, plan, plan_peak
 from tenfold.recipe import load_recipe
 
 # One process per point: build a random Llama, load it as `tenfold train` does, run a warm-up step and
@@ -109,7 +109,7 @@ def test_plan_reads_a_config_file_and_prints_json(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["shape"]["layers"] == 32 and not result["fits"]
     assert set(result["longest_context"]["as the recipe"]) == {"1", "2", "8"}
-    text = format_plan(plan(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=2))
+    text = format_plan(plan(PlanSettings(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=2)))
     assert "fits in 80 GiB" in text and "checkpointed layer inputs" in text
 
 
@@ -128,6 +128,7 @@ def test_fsdp_and_sequence_parallel_degrees_reach_a_million_tokens_on_8_gpus_of_
     config.write_text(json.dumps({"model_type": "llama", **{k: v for k, v in zip(
         ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
          "vocab_size"], [4096, 14336, 32, 32, 8, 128256])}}))
-    result = plan(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=8, fsdp=8, sequence_parallel=8)
+    result = plan(PlanSettings(llama3_recipe(**{"model.name": str(config)}), 80.0, gpus=8, fsdp=8,
+                               sequence_parallel=8))
     assert result["sharded"]["longest_context"]["as the recipe"] >= 1_000_000
     assert "with FSDP 8 and sequence parallel 8" in format_plan(result)

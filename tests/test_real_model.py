@@ -23,7 +23,7 @@ from tenfold.recipe import load_recipe
 from tenfold.io import write_jsonl
 from tenfold.train.loop import train
 from tenfold.train.loss import CausalLMLoss
-from tenfold.merge import merge
+from tenfold.merge import MergeSettings, merge
 from tenfold.train.model import load_model_for_training
 
 NAME = "tenfold/smollm2-135m-instruct"
@@ -56,7 +56,7 @@ def run(smollm2_dir, tmp_path_factory):
         "train.batch_size": 1, "train.micro_batch_size": 1, "train.max_steps": 3, "train.save_every": 0,
         "train.learning_rate": 1e-3})
     summary = train(recipe)
-    merged = merge(out / "run", out / "merged")
+    merged = merge(MergeSettings(out / "run", out / "merged"))
     return out / "run", merged, summary
 
 

@@ -134,10 +134,10 @@ def test_synth_reaches_its_first_request_without_importing_torch_or_transformers
     import subprocess
     import sys
 
-    code = ("import sys; from tenfold.cli import build_parser; from tenfold.synth.run import synth_settings, "
+    code = ("import sys; from tenfold.cli import build_parser; from tenfold.synth.run import SynthSettings, "
             "token_counter; from tenfold.synth.generators import make_generator; "
-            "settings = synth_settings(None, {'corpus': 'c', 'output': 'o', 'generator': 'openai', "
-            "'base_url': 'http://127.0.0.1:9/v1', 'tokenizer': 'tenfold/tiny-llama'}); "
+            "build_parser(['synth']); settings = SynthSettings(corpus='c', output='o', generator='openai', "
+            "base_url='http://127.0.0.1:9/v1', tokenizer='tenfold/tiny-llama'); "
             "count = token_counter(settings.tokenizer); make_generator(settings); "
             "print(count('the red fox opens two gates .'), sorted({'torch', 'transformers'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

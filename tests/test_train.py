@@ -13,7 +13,7 @@ from tenfold.rope import model_lengths, rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
 from tenfold.models import load_run
-from tenfold.merge import merge
+from tenfold.merge import MergeSettings, merge
 from tenfold.train.model import load_model_for_training
 
 
@@ -60,7 +60,7 @@ def test_rope_base_is_live_before_training(tiny_recipe):
 
 def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained):
     _, _, out = trained
-    merged_dir = merge(out / "run", out / "merged")
+    merged_dir = merge(MergeSettings(out / "run", out / "merged"))
     config = json.loads((merged_dir / "config.json").read_text())
     assert config["rope_theta"] == 200000.0  # transformers 4 layout
     assert config["rope_parameters"]["rope_theta"] == 200000.0  # transformers 5 layout
@@ -77,7 +77,7 @@ def test_merged_model_loads_with_plain_transformers_and_carries_the_rope(trained
 def test_merge_equals_unmerged(trained, tiny_model_dir):
     _, _, out = trained
     merged_dir = out / "merged-2"
-    merge(out / "run", merged_dir)
+    merge(MergeSettings(out / "run", merged_dir))
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     unmerged, _, _ = load_run(out / "run")
     unmerged.eval()
@@ -183,7 +183,7 @@ def test_tied_embeddings_train_one_shared_matrix_through_save_merge_and_reload(t
         "train.output_dir": str(tmp_path / "run"), "train.batch_size": 2, "train.micro_batch_size": 2,
         "train.max_steps": 2, "train.save_every": 0, "train.learning_rate": 5e-3})
     train(recipe)
-    merged_dir = merge(tmp_path / "run", tmp_path / "merged")
+    merged_dir = merge(MergeSettings(tmp_path / "run", tmp_path / "merged"))
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert merged.config.tie_word_embeddings and merged.lm_head.weight is merged.model.embed_tokens.weight
     original = AutoModelForCausalLM.from_pretrained(base)

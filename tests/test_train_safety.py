@@ -12,7 +12,7 @@ from tenfold import cli
 from tenfold.recipe import dump_recipe, load_recipe
 from tenfold.train import loop
 from tenfold.train.loop import deferred_interrupt, train
-from tenfold.merge import merge
+from tenfold.merge import MergeSettings, merge
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_merge_refuses_a_non_empty_folder_unless_overwrite(one_step_run, tmp_pat
     out.mkdir()
     (out / "stale.txt").write_text("from another model")
     with pytest.raises(ValueError, match="not empty"):
-        merge(one_step_run, out)
+        merge(MergeSettings(one_step_run, out))
     with pytest.raises(SystemExit) as e:
         cli.main(["merge", str(one_step_run), "--output-dir", str(out)])
     assert e.value.code == 2

@@ -35,6 +35,10 @@ CASES = {  # name: (argv, what the one line must say); {t} is the test's folder
                                            "--output-dir; see tenfold merge --help"),
     "flag value": (["demo", "--rope-factor", "ten"], "tenfold demo: error: argument --rope-factor: invalid float "
                                                     "value: 'ten'; see tenfold demo --help"),
+    "list value": (["eval", "passkey", "--model", "{t}/no-model", "--output-dir", "{t}/e", "--lengths", "1,abc"],
+                   "tenfold eval: error: command line: passkey.lengths: expected int, got 'abc'"),  # before loading
+    "mix counts": (["mix", "--output", "{t}/m.jsonl", "--counts", "books=1"],
+                   "tenfold mix: error: command line: --counts: unknown source 'books'; use synthetic, instruct, plain"),
 }
 
 

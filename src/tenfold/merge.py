@@ -8,21 +8,34 @@ new RoPE base in both layouts.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from tenfold.config import setting
 from tenfold.models import adapter_dir, check_rope, load_run, load_tokenizer
 from tenfold.rope import write_rope_to_config_file
 
 
-def merge(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", overwrite: bool = False) -> Path:
-    """Write a standalone model to output_dir; returns output_dir.
+@dataclass
+class MergeSettings:
+    """`tenfold merge RUN_DIR --output-dir DIR`."""
+    run_dir: str = setting(help="output directory of `tenfold train` (or its adapter/ folder)", positional=True)
+    output_dir: str = setting(help="the standalone model's folder")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting("auto", "the merged weights' dtype "
+                                                                               "(auto: the checkpoint's)")
+    overwrite: bool = setting(False, "replace the contents of a non-empty --output-dir")
+
+
+def merge(settings: MergeSettings) -> Path:
+    """Write a standalone model to settings.output_dir; returns that folder.
 
     A non-empty output_dir is refused unless overwrite (then its contents are replaced); one inside the run
     (or holding it) always is.
     """
-    output_dir = Path(output_dir)
-    check_output_dir(run_dir, output_dir, overwrite)
-    model, meta, _ = load_run(run_dir, dtype)
+    run_dir, output_dir = settings.run_dir, Path(settings.output_dir)
+    check_output_dir(run_dir, output_dir, settings.overwrite)
+    model, meta, _ = load_run(run_dir, settings.dtype)
     merged = model.merge_and_unload()
     check_rope(merged, meta["rope_parameters"])
     if output_dir.exists():

@@ -21,35 +21,64 @@ import json
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from tenfold.errors import RecordError
+from tenfold.config import setting
+from tenfold.errors import RecipeError, RecordError
 from tenfold.io import binary_file, text_line, warn
-from tenfold.records import record_tokens
 from tenfold.models import load_tokenizer, target_tokenizer
+from tenfold.records import record_tokens
 from tenfold.toy import TOY_DATA, toy_records
 
 DEFAULT_COUNTS = {"synthetic": "all", "instruct": 12000, "plain": 5000}
 
 
 def parse_counts(text: str | dict | None) -> dict:
-    """'synthetic=all,instruct=12000,plain=0.25' -> counts per source (missing sources: the defaults)."""
+    """'synthetic=all,instruct=12000,plain=0.25' (or a mapping) -> counts per source (missing sources: the
+    defaults); each count is all, a record count or a fraction."""
     counts = dict(DEFAULT_COUNTS)
     if isinstance(text, dict):
-        counts.update(text)
-        return counts
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, _, value = part.partition("=")
-        name, value = name.strip(), value.strip()
+        pairs = list(text.items())
+    else:
+        pairs = [part.partition("=")[::2] for part in (text or "").split(",") if part.strip()]
+    for name, value in pairs:
+        name = str(name).strip()
         if name not in DEFAULT_COUNTS:
-            raise ValueError(f"--counts: unknown source {name!r}; use synthetic, instruct, plain")
-        try:
-            counts[name] = "all" if value == "all" else (float(value) if "." in value else int(value))
-        except ValueError:
-            raise ValueError(f"--counts {name}={value}: give all, a record count or a fraction like 0.5") from None
+            raise RecipeError(f"--counts: unknown source {name!r}; use synthetic, instruct, plain")
+        counts[name] = count_value(name, value)
     return counts
+
+
+def count_value(name: str, value) -> int | float | str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    value = str(value).strip()
+    try:
+        return "all" if value == "all" else (float(value) if "." in value else int(value))
+    except ValueError:
+        raise RecipeError(f"--counts {name}={value}: give all, a record count or a fraction like 0.5") from None
+
+
+@dataclass
+class MixSettings:
+    """`tenfold mix`: each field is a flag, and a key of a recipe's mix: section."""
+    output: str = setting(help="the mixed training file (JSONL); OUTPUT.summary.json beside it")
+    synthetic: list[str] = setting([], "JSONL files from `tenfold synth`", nargs="*")
+    instruct: list[str] = setting([], "LongAlpaca-style JSONL/Parquet files or hub dataset ids", nargs="*")
+    plain: list[str] = setting([], "plain-text JSONL/Parquet files or hub dataset ids", nargs="*")
+    counts: dict[str, int | float | str] = setting(
+        DEFAULT_COUNTS, "per source: all, a record count, or a fraction like 0.5, e.g. "
+        "synthetic=all,instruct=12000,plain=5000 (default: that, the paper's mix)", parse=parse_counts)
+    seed: int = setting(42, "seed of the sampling and the shuffle")
+    tokenizer: str | None = setting(None, "the target model's: counts tokens and cuts plain text to --max-length "
+                                          "(default: the --recipe's model.name, else the one in the --synthetic "
+                                          "files' .summary.json; needed otherwise, except on tenfold/toy inputs)")
+    max_length: int = setting(81920, "plain text is cut to this many tokens")
+    recipe: str | None = setting(None, "YAML recipe whose model.name is the target model (for its tokenizer)")
+
+    def __post_init__(self):
+        self.counts = parse_counts(self.counts)
 
 
 class JsonlRows:
@@ -171,17 +200,15 @@ def synth_tokenizer(synthetic: list[str]) -> str | None:
     return names[0] if names else None
 
 
-def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (), plain: list[str] = (),
-        counts: dict | None = None, seed: int = 42, tokenizer: str | None = None,
-        max_length: int = 81920, recipe: str | None = None) -> dict:
+def mix(settings: MixSettings) -> dict:
     """Write the mixed training file and OUTPUT.summary.json; returns the summary.
 
-    The tokenizer is the target model's: `tokenizer`, else the recipe's model.name, else the one synth recorded
-    beside the synthetic files (see target_tokenizer, synth_tokenizer)."""
-    counts = parse_counts(counts)
-    tokenizer = (tokenizer or (None if recipe else synth_tokenizer(synthetic))
-                 or target_tokenizer("mix", recipe, [*synthetic, *instruct, *plain]))
-    rng = random.Random(seed)
+    The tokenizer is the target model's: settings.tokenizer, else the recipe's model.name, else the one synth
+    recorded beside the synthetic files (see target_tokenizer, synth_tokenizer)."""
+    synthetic, instruct, plain, counts = settings.synthetic, settings.instruct, settings.plain, settings.counts
+    tokenizer = (settings.tokenizer or (None if settings.recipe else synth_tokenizer(synthetic))
+                 or target_tokenizer("mix", settings.recipe, [*synthetic, *instruct, *plain]))
+    rng = random.Random(settings.seed)
     tok = load_tokenizer(tokenizer)
     chosen, sources = [], {}
     for kind, names in (("synthetic", synthetic), ("instruct", instruct), ("plain", plain)):
@@ -198,13 +225,13 @@ def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (),
         sources[kind] = {"inputs": list(names), "available": len(refs), "asked": counts[kind], "records": 0,
                          "tokens": 0, "skipped": 0, "by_source": Counter()}
     rng.shuffle(chosen)
-    output = Path(output)
+    output = Path(settings.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     with open(partial, "w") as f:
         for kind, (rows, label, index) in chosen:
             try:
-                record = convert(kind, rows[index], label, index, tok, max_length)
+                record = convert(kind, rows[index], label, index, tok, settings.max_length)
             except RecordError as e:
                 warn(f"mix: {e}; skipped")
                 sources[kind]["skipped"] += 1
@@ -218,7 +245,7 @@ def mix(output: str | Path, synthetic: list[str] = (), instruct: list[str] = (),
     for stats in sources.values():
         stats["by_source"] = dict(stats["by_source"])
     summary = {"output": str(output), "records": sum(s["records"] for s in sources.values()),
-               "tokens": sum(s["tokens"] for s in sources.values()), "seed": seed, "tokenizer": tokenizer,
-               "max_length": max_length, "sources": sources}
+               "tokens": sum(s["tokens"] for s in sources.values()), "seed": settings.seed,
+               "tokenizer": tokenizer, "max_length": settings.max_length, "sources": sources}
     Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
     return summary

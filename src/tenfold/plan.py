@@ -14,11 +14,13 @@ checked against peaks measured on the CPU at two widths and two layer counts
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
+from tenfold.config import setting
+from tenfold.errors import RecipeError
 from tenfold.recipe import ModelSettings, Recipe
-from tenfold.train.loss import LOGITS_CHUNK_BYTES
 
 GIB = 2**30
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
@@ -137,6 +139,8 @@ def activation_phases(shape: Shape, recipe: Recipe, tokens: int, b: int, fsdp: i
     keeps 1/fsdp of the trained gradients."""
     tile = recipe.model.mlp_tile_tokens
     mlp_positions = tile / tokens if tile and tokens > tile else 1.0
+    from tenfold.train.loss import LOGITS_CHUNK_BYTES  # here: `tenfold plan --help` need not load torch
+
     d, m = shape.hidden, recipe.model
     kept_name = "checkpointed layer inputs" + (" (in CPU memory)" if m.offload_activations else "")
     per_layer = d * b if m.gradient_checkpointing else recompute_bytes_per_token(shape, b, mlp_positions)
@@ -216,16 +220,32 @@ def longest_context(recipe: Recipe, memory_gib: float, device: str = "cuda", dat
     return low * step
 
 
-def plan(recipe: Recipe, memory_gib: float, gpus: int = 1, length: int | None = None,
-         device: str = "cuda", fsdp: int = 1, sequence_parallel: int = 1) -> dict:
-    """The peak at the recipe's length (or `length`) and the longest context per data-parallel degree,
+@dataclass
+class PlanSettings:
+    """`tenfold plan`: the recipe (its file and --section.key flags) and the machine to plan for."""
+    recipe: Recipe = field(default_factory=Recipe)
+    gpu_memory: float = setting(80.0, "GiB per GPU")
+    gpus: int = setting(1, "data-parallel GPUs to plan for")
+    length: int | None = setting(None, "tokens per sequence (default: the recipe's data.max_length)")
+    device: Literal["cuda", "cpu"] = setting("cuda", "plan for a GPU or this CPU")
+    fsdp: int = setting(1, "GPUs the weights and optimizer state are sharded over")
+    sequence_parallel: int = setting(1, "GPUs each sequence is split over")
+    json: bool = setting(False, "machine-readable output")
+
+    def __post_init__(self):
+        if self.gpus % self.sequence_parallel or self.fsdp > self.gpus:
+            raise RecipeError(f"--sequence-parallel {self.sequence_parallel} must divide --gpus {self.gpus}, and "
+                              f"--fsdp {self.fsdp} be at most --gpus")
+
+
+def plan(settings: PlanSettings) -> dict:
+    """The peak at the recipe's length (or settings.length) and the longest context per data-parallel degree,
     as the recipe stands and with activation offload and the tiled MLP switched on; with `fsdp` or
     `sequence_parallel` above 1, also on all `gpus` with those degrees."""
-    if gpus % sequence_parallel or fsdp > gpus:
-        raise ValueError(f"--sequence-parallel {sequence_parallel} must divide --gpus {gpus}, and --fsdp {fsdp} "
-                         f"be at most --gpus")
+    recipe, memory_gib, gpus, device = settings.recipe, settings.gpu_memory, settings.gpus, settings.device
+    fsdp, sequence_parallel = settings.fsdp, settings.sequence_parallel
     shape = load_shape(recipe.model.name, recipe.model.trust_remote_code)
-    length = length or recipe.data.max_length
+    length = settings.length or recipe.data.max_length
     variants = {"as the recipe": recipe}
     offload = replace(recipe, model=replace(recipe.model, offload_activations=True))
     if not recipe.model.offload_activations:

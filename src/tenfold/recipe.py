@@ -1,93 +1,95 @@
-"""Recipes: the settings of a whole run, as typed dataclasses loaded from YAML.
+"""Recipes: the settings of a whole training run, as typed dataclasses loaded from YAML (tenfold.config's engine).
 
-A recipe file has one mapping per section (model, rope, lora, data, train); every key of every
-section can also be set on the command line as `--section.key VALUE`. Validation names the bad key
-and the allowed keys or values. (Plain dataclasses rather than pydantic: the checks we need are a
-few lines, and the messages can list the allowed keys, which pydantic's "extra fields" error does not.)
+A recipe file has one mapping per section (model, rope, lora, data, train); every key of every section can also
+be set on the command line as `--section.key VALUE`. Validation names the bad key and the allowed keys or values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from tenfold.errors import UserError
+from tenfold.config import check_value, coerce, field_types, read_recipe_file, setting
+from tenfold.errors import RecipeError
 
-
-class RecipeError(UserError):
-    pass
+__all__ = ["RecipeError", "coerce", "read_recipe_file"]  # for the callers that import them from here
 
 
 @dataclass
 class ModelSettings:
-    name: str = "tenfold/tiny-llama"  # hub id, local path, or tenfold/<name> for a model shipped in the package
-    quantization: Literal["nf4", "int8", "none"] = "nf4"  # nf4 = QLoRA's 4-bit NormalFloat base
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    gradient_checkpointing: bool = True
-    offload_activations: bool = False  # keep the checkpointed activations in CPU memory (GPU runs at long context)
-    # Run each layer's MLP over tiles of this many positions in sequences longer than that (0: never).
+    name: str = setting("tenfold/tiny-llama", "hub id, local path, .gguf file, or tenfold/<name> for a model "
+                        "shipped in the package")
+    quantization: Literal["nf4", "int8", "none"] = setting("nf4", "the frozen base's weights; nf4 = QLoRA's 4-bit "
+                                                                  "NormalFloat")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting(
+        "auto", "compute dtype; auto: bf16 on a GPU that has it, else fp32")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting("auto", "attention kernel")
+    gradient_checkpointing: bool = setting(True, "keep only each layer's input, recompute the rest in backward")
+    offload_activations: bool = setting(False, "keep the checkpointed activations in CPU memory (GPU runs at long "
+                                               "context)")
     # Measured (CPU, width 1024, MLP 3584, NF4 + LoRA, bf16): at 4K tiling saves no memory and costs +28%
     # step time (tiles of 2048); at 8K tiles of 4096 save 8% of the peak for +22% (fp32: 12% for +15%).
     # The cost stays one more MLP forward a layer while the saving grows with length: on beyond 8K only.
-    mlp_tile_tokens: int = 8192
-    trust_remote_code: bool = False
+    mlp_tile_tokens: int = setting(8192, "run each layer's MLP over tiles of this many positions in sequences "
+                                         "longer than that (0: never)")
+    trust_remote_code: bool = setting(False, "let transformers run the model repository's own code")
 
 
 @dataclass
 class RopeSettings:
-    theta: float | None = None  # the new RoPE base; None keeps the model's own
-    theta_factor: float | None = None  # or: the model's own base times this (the paper's is x400)
-    scaling: Literal["keep", "none", "linear", "dynamic", "yarn", "llama3"] = "keep"  # keep: the model's own
-    factor: float = 1.0
-    original_max_position_embeddings: int | None = None  # default: the model's max_position_embeddings
-    low_freq_factor: float = 1.0  # llama3 scaling only
-    high_freq_factor: float = 4.0  # llama3 scaling only
+    theta: float | None = setting(None, "the new RoPE base (default: the model's own)")
+    theta_factor: float | None = setting(None, "or: the model's own base times this (the paper's is x400)")
+    scaling: Literal["keep", "none", "linear", "dynamic", "yarn", "llama3"] = setting(
+        "keep", "RoPE scaling; keep: the model's own")
+    factor: float = setting(1.0, "the scaling's factor")
+    original_max_position_embeddings: int | None = setting(None, "the scaling's original length (default: the "
+                                                                 "model's max_position_embeddings)")
+    low_freq_factor: float = setting(1.0, "llama3 scaling only")
+    high_freq_factor: float = setting(4.0, "llama3 scaling only")
 
 
 @dataclass
 class LoraSettings:
-    rank: int = 32
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    extra_trainable: list[str] = field(default_factory=lambda: ["embed_tokens"])  # trained in full, saved with the adapter
+    rank: int = setting(32, "LoRA rank")
+    alpha: float = setting(16.0, "LoRA alpha (the update is scaled by alpha / rank)")
+    dropout: float = setting(0.0, "LoRA dropout")
+    targets: list[str] = setting(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA adapters")
+    extra_trainable: list[str] = setting(["embed_tokens"], "modules trained in full, saved with the adapter")
 
 
 @dataclass
 class DataSettings:
-    train_files: list[str] = field(default_factory=list)  # JSONL of conversation and plain-text records
-    max_length: int = 81920
-    context_weight: float = 0.0  # loss weight on the text of a conversation's user turns (paper: 0)
+    train_files: list[str] = setting([], "JSONL files of conversation and plain-text records")
+    max_length: int = setting(81920, "tokens per training sequence")
+    context_weight: float = setting(0.0, "loss weight on the text of a conversation's user turns (paper: 0)")
 
 
 @dataclass
 class TrainSettings:
-    output_dir: str = "runs/tenfold"
-    learning_rate: float = 5e-5
-    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 8  # sequences per optimizer step, over all processes
-    micro_batch_size: int = 1  # sequences per forward pass
-    epochs: int = 1
-    max_steps: int | None = None
-    seed: int = 42
-    group_by_length: bool = True
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    loss_chunk_size: int | None = None  # rows of the LM head per chunk; None: about 64 MB of fp32 logits
-    save_every: int = 0  # checkpoint every N optimizer steps (0: only the final adapter)
-    # Split each sequence over this many processes (Ulysses: all-to-all around attention); the processes of a
-    # launch are data-parallel groups of this size. Must divide the process count and the attention heads.
-    sequence_parallel: int = 1
-    log_every: int = 1
+    output_dir: str = setting("runs/tenfold", "the run's folder: adapter, checkpoints, summary")
+    learning_rate: float = setting(5e-5, "peak learning rate")
+    lr_schedule: Literal["linear", "cosine", "constant"] = setting("linear", "decay after the warm-up")
+    warmup_steps: int = setting(0, "optimizer steps of linear warm-up")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    batch_size: int = setting(8, "sequences per optimizer step, over all processes")
+    micro_batch_size: int = setting(1, "sequences per forward pass")
+    epochs: int = setting(1, "passes over the training files")
+    max_steps: int | None = setting(None, "stop after this many optimizer steps (default: the epochs')")
+    seed: int = setting(42, "seed of shuffling and initialization")
+    group_by_length: bool = setting(True, "batch sequences of similar length together")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = setting("auto", "autocast dtype")
+    loss_chunk_size: int | None = setting(None, "rows of the LM head per loss chunk (default: about 64 MB of fp32 "
+                                                "logits)")
+    save_every: int = setting(0, "checkpoint every N optimizer steps (0: only the final adapter)")
+    # The processes of a launch are data-parallel groups of this size.
+    sequence_parallel: int = setting(1, "split each sequence over this many processes (Ulysses all-to-all around "
+                                        "attention); must divide the process count and the attention heads")
+    log_every: int = setting(1, "log every N optimizer steps")
 
 
 @dataclass
@@ -101,73 +103,16 @@ class Recipe:
 
 def recipe_keys() -> dict[str, Any]:
     """Every dotted key ('lora.rank', ...) with its type."""
-    keys = {}
-    for section in dataclasses.fields(Recipe):
-        hints = typing.get_type_hints(section.default_factory)
-        for f in dataclasses.fields(section.default_factory):
-            keys[f"{section.name}.{f.name}"] = hints[f.name]
-    return keys
-
-
-def _describe(tp) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the field's type, or raise a RecipeError naming the key."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise RecipeError(f"{key}: {value!r} is not allowed; use one of {', '.join(map(repr, allowed))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return coerce(value, options[0], key)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{key}: expected a list, got {value!r}")
-        return [coerce(v, item, key) for v in value]
-    try:
-        if tp is bool:
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if tp is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise RecipeError(f"{key}: expected {_describe(tp)}, got {value!r}") from None
-    raise RecipeError(f"{key}: unsupported type {tp}")
+    return {f"{section}.{name}": tp for section, cls in field_types(Recipe).items()
+            for name, tp in field_types(cls).items()}
 
 
 def set_key(recipe: Recipe, key: str, value: Any) -> None:
-    keys = recipe_keys()
-    if key not in keys:
-        section = key.split(".")[0]
-        same_section = [k for k in keys if k.startswith(section + ".")]
-        allowed = same_section or [f.name for f in dataclasses.fields(Recipe)]
-        raise RecipeError(f"unknown recipe key {key!r}; allowed: {', '.join(allowed)}")
-    section, name = key.split(".")
-    setattr(getattr(recipe, section), name, coerce(value, keys[key], key))
+    section, _, name = key.partition(".")
+    sections = field_types(Recipe)
+    if section not in sections:
+        raise RecipeError(f"unknown recipe key {key!r}; allowed: {', '.join(sections)}")
+    setattr(getattr(recipe, section), name, check_value(sections[section], name, value, "recipe", f"{section}."))
 
 
 # Sections one recipe file may also hold for the other verbs; each verb reads its own.
@@ -190,20 +135,6 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
             except RecipeError as e:
                 raise RecipeError(f"{source}: {e}") from None
     return recipe
-
-
-def read_recipe_file(path: str | Path, kind: str = "recipe") -> dict:
-    """A recipe (or suite) file's mapping of sections; a missing file, bad YAML or another shape is a RecipeError."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{kind} file {path} not found; give an existing YAML file (see recipes/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}; fix that line") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping of sections (model, rope, lora, data, train, synth, ...)")
-    return raw
 
 
 def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:

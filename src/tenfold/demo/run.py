@@ -12,15 +12,17 @@ goes on where it stopped (the needle predictions, synth and train resume on thei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from tenfold.config import load_settings, setting
 from tenfold.demo.measure import loss_by_position, needle_grid, short_check
 from tenfold.demo.world import LINE_TOKENS, plain_record, question_record, synth_corpus
+from tenfold.errors import RecipeError
 
 BASE_MODEL = "tenfold/toy-llama"
 FACTOR = 10  # ten-fold context
@@ -38,6 +40,42 @@ def recipe_path() -> Path:
     return path
 
 
+@dataclass
+class DemoSizes:
+    """The demo's sizes: the demo: section of recipes/demo-cpu.yaml (--quick replaces some with QUICK's)."""
+    conversations: int = setting(help="long toy documents for `tenfold synth`")
+    conversation_tokens: list[int] = setting(help="their shortest and longest length in tokens")
+    facts: list[int] = setting(help="fewest and most facts per document")
+    synth_tasks: list[str] = setting(help="synth's tasks")
+    plain: int = setting(help="long plain diaries (LM loss)")
+    short: int = setting(help="short question records (within the native length)")
+    needle_samples: int = setting(help="prompts per (length, depth) cell")
+    loss_documents: int = setting(help="held-out diaries for the loss-per-position curve")
+    short_check: int = setting(help="short questions for the check of the original ability")
+    lengths: list[int] = setting(list(range(1, FACTOR + 1)), "needle lengths, in multiples of the native length")
+    depths: list[float] = setting([0, 25, 50, 75, 100], "needle depths in percent")
+    max_steps: int | None = setting(None, "training steps (default: the recipe's train.max_steps)")
+
+    def __post_init__(self):
+        for key in ("conversation_tokens", "facts"):
+            if len(getattr(self, key)) != 2:
+                raise RecipeError(f"{RECIPE}: demo.{key} is {getattr(self, key)}; give [fewest, most]")
+
+
+def demo_sizes() -> DemoSizes:
+    return load_settings(DemoSizes, "demo", recipe_path())
+
+
+@dataclass
+class DemoSettings:
+    """`tenfold demo`: where it writes, the RoPE factor, --quick; its sizes from recipes/demo-cpu.yaml."""
+    output_dir: str = setting("runs/demo", "where every stage writes (a rerun goes on where it stopped)")
+    quick: bool = setting(False, "a small grid and a few training steps (under 2 minutes)")
+    rope_factor: float | None = setting(None, "RoPE base multiplier (default: recipes/demo-cpu.yaml's, x400)")
+    overwrite: bool = setting(False, "discard predictions in --output-dir made otherwise (default: refuse them)")
+    sizes: DemoSizes = field(default_factory=demo_sizes)
+
+
 def measure(name: str, backend, out: Path, lengths: list[int], depths: list[float], sizes: dict,
             native: int, title: str, overwrite: bool = False) -> dict:
     grid = needle_grid(backend, out, name, lengths, depths, sizes["needle_samples"], title, overwrite)
@@ -50,9 +88,9 @@ def make_training_data(out: Path, model: str, native: int, sizes: dict) -> Path:
     """Long toy documents -> `tenfold synth` (offline generator, every fact asked in its own turn) ->
     `tenfold mix` with long plain diaries and short questions: half long conversations, a third plain
     text, the rest short questions (the recipe's demo: section sets the counts and lengths)."""
-    from tenfold.mix import mix
-    from tenfold.synth.run import synth, synth_settings
     from tenfold.io import write_jsonl
+    from tenfold.mix import MixSettings, mix
+    from tenfold.synth.run import SynthSettings, synth
 
     data = out / "data"
     mixed = data / "train.jsonl"
@@ -62,40 +100,39 @@ def make_training_data(out: Path, model: str, native: int, sizes: dict) -> Path:
     fewest, most = sizes["facts"]
     corpus = synth_corpus(data / "corpus", sizes["conversations"], shortest, longest, fewest, most, seed=1)
     synthetic = data / "synth.jsonl"
-    synth(synth_settings(None, {"corpus": str(corpus), "output": str(synthetic), "generator": "offline",
-                                "tasks": sizes["synth_tasks"], "tokenizer": model, "min_tokens": native // 2,
-                                "max_tokens": FACTOR * native, "questions_per_chunk": most,
-                                "multi_detail_questions": most // 2, "seed": 1}))
+    synth(SynthSettings(corpus=str(corpus), output=str(synthetic), generator="offline", tasks=sizes["synth_tasks"],
+                        tokenizer=model, min_tokens=native // 2, max_tokens=FACTOR * native,
+                        questions_per_chunk=most, multi_detail_questions=most // 2, seed=1))
     rng = random.Random("demo-data")
     plain = write_jsonl([plain_record(rng.randint(native // LINE_TOKENS, FACTOR * native // LINE_TOKENS - 4), rng, record_id=f"plain-{i}")
                          for i in range(sizes["plain"])], data / "plain.jsonl")
     short = write_jsonl([question_record(rng.randint(0, native // LINE_TOKENS - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
                                          record_id=f"short-{i}") for i in range(sizes["short"])], data / "short.jsonl")
-    mix(mixed, [str(synthetic)], [str(short)], [str(plain)], {"synthetic": "all", "instruct": "all", "plain": "all"},
-        seed=1, tokenizer=model, max_length=FACTOR * native)
+    mix(MixSettings(str(mixed), [str(synthetic)], [str(short)], [str(plain)],
+                    {"synthetic": "all", "instruct": "all", "plain": "all"}, seed=1, tokenizer=model,
+                    max_length=FACTOR * native))
     return mixed
 
 
-def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor: float | None = None,
-         overwrite: bool = False) -> dict:
-    """Run the demo into output_dir; returns what results.json holds. Its predictions are keyed like eval's:
-    those made otherwise (another model, RoPE, grid) are refused, or discarded with `overwrite`."""
+def demo(settings: DemoSettings) -> dict:
+    """Run the demo into settings.output_dir; returns what results.json holds. Its predictions are keyed like
+    eval's: those made otherwise (another model, RoPE, grid) are refused, or discarded with `overwrite`."""
     from tenfold.generation import load_backend
     from tenfold.models import load_config
     from tenfold.recipe import load_recipe
     from tenfold.train.loop import train
 
     started, timings = time.perf_counter(), {}
-    out = Path(output_dir)
+    quick, overwrite = settings.quick, settings.overwrite
+    out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(recipe_path().read_text())
-    sizes = {**raw.get("demo", {}), **(QUICK if quick else {})}
-    factor = float(rope_factor or raw["rope"]["theta_factor"])
+    sizes = dataclasses.asdict(dataclasses.replace(settings.sizes, **QUICK) if quick else settings.sizes)
+    factor = float(settings.rope_factor or load_recipe(recipe_path()).rope.theta_factor)
     config = load_config(BASE_MODEL)
     native, theta = config.max_position_embeddings, float(config.rope_theta if hasattr(config, "rope_theta")
                                                           else config.rope_parameters["rope_theta"])
-    lengths = [native * k for k in sizes.get("lengths", range(1, FACTOR + 1))]
-    depths = sizes.get("depths", [0, 25, 50, 75, 100])
+    lengths = [native * k for k in sizes["lengths"]]
+    depths = sizes["depths"]
     options = {"max_length": FACTOR * native + 8, "batch_size": 32}
     rows = {}
 
@@ -115,7 +152,7 @@ def demo(output_dir: str | Path = "runs/demo", quick: bool = False, rope_factor:
     data = stage("synth + mix", lambda: make_training_data(out, BASE_MODEL, native, sizes))
     run_dir = out / f"train-x{factor:g}"
     overrides = {"data.train_files": [str(data)], "train.output_dir": str(run_dir), "rope.theta_factor": factor}
-    if quick:
+    if sizes["max_steps"] is not None:
         overrides["train.max_steps"] = sizes["max_steps"]
     recipe = load_recipe(recipe_path(), overrides)
     if not (run_dir / "summary.json").is_file():

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import ast
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from tenfold.config import setting
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
 from tenfold.eval.reference import paper_reported
@@ -87,6 +90,20 @@ def summary_score(prediction: str, references: list[str], preset: str) -> float:
 
     scorer = rouge_scorer.RougeScorer(["rougeLsum"])  # evaluate's rouge: no stemmer, default tokenizer
     return scorer.score_multi(references, prediction)["rougeLsum"].fmeasure
+
+
+@dataclass
+class Options:
+    """`tenfold eval infbench` flags and a suite's infbench: keys, each a keyword argument of run_infbench."""
+    tasks: list[str] | None = setting(None, "comma-separated (default: both)")
+    preset: Literal["paper", "official"] = setting("paper", "chat template + rouge-L (paper) or raw prompt + "
+                                                            "ROUGE-Lsum (official)")
+    truncate_length: int = setting(80000, "prompt tokens after the middle cut (the paper's: 80000)")
+    template_set: str = setting("yarn_mistral", "InfiniteBench prompt set: yarn_mistral (the paper's), gpt4, "
+                                                "claude2")
+    prompts: str | None = setting(None, "InfiniteBench's src/prompt.py (default: download)")
+    data_dir: str | None = setting(None, "InfiniteBench's <task>.jsonl files (default: the HF hub)")
+    limit: int | None = setting(None, "only the first N records of each task")
 
 
 def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None, preset: str = "paper",

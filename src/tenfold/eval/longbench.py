@@ -26,10 +26,13 @@ from __future__ import annotations
 import json
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from tenfold.config import setting
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
@@ -189,6 +192,20 @@ def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str
         cases.append({"id": f"{dataset}/{record['_id']}", "dataset": dataset, "answers": record["answers"],
                       "all_classes": record["all_classes"], "length": record["length"], "prompt": prompt})
     return cases
+
+
+@dataclass
+class Options:
+    """`tenfold eval longbench` flags and a suite's longbench: keys, each a keyword argument of run_longbench."""
+    datasets: list[str] | None = setting(None, "comma-separated (default: the 16 English)")
+    preset: Literal["official", "paper"] = setting("official", "Avg over the 6 categories (official) or the 16 "
+                                                               "English datasets (paper)")
+    truncate_length: int | None = setting(None, "prompt tokens after the middle cut (default: model length - 500)")
+    longbench_e: bool = setting(False, "LongBench-E: scores per length bucket")
+    data_dir: str | None = setting(None, "LongBench's <name>.jsonl files (default: data.zip from the HF hub)")
+    config_dir: str | None = setting(None, "LongBench/config with dataset2prompt.json, dataset2maxlen.json "
+                                           "(default: download)")
+    limit: int | None = setting(None, "only the first N records of each dataset")
 
 
 def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = None, preset: str = "official",

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from tenfold.config import setting
 from tenfold.io import read_jsonl
 from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
@@ -136,6 +139,17 @@ def accuracies(records: list[dict], average: str) -> dict:
         overall = mean([r["correct"] for r in records])
     return {"score": overall, "categories": {c: v for c, v in categories.items() if v is not None},
             "subjects": subjects}
+
+
+@dataclass
+class Options:
+    """`tenfold eval mmlu` flags and a suite's mmlu: keys, each a keyword argument of run_mmlu."""
+    preset: Literal["paper", "lm-eval-harness"] = setting("paper", "chat template + 'A', mean of subjects (paper) "
+                                                                   "or raw + ' A', mean of questions")
+    data: str | None = setting(None, "MMLU folder (test/<subject>_test.csv) or JSONL file (default: cais/mmlu "
+                                     "from the HF hub)")
+    subjects: list[str] | None = setting(None, "comma-separated (default: all)")
+    limit: int | None = setting(None, "only the first N questions of each subject")
 
 
 def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str | Path | None = None,

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from tenfold.config import setting
 from tenfold.eval.haystack import fill, insertion_point, read_haystack
 from tenfold.eval.metrics import Judge, rouge_l_recall
 from tenfold.eval.plots import heatmap
@@ -87,6 +89,30 @@ def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dic
                     + tokenizer.decode(context[position:]) + preset.question)
             cases.append({"id": f"L{length}-D{depth:g}", "length": length, "depth": depth, "prompt": text})
     return cases
+
+
+@dataclass
+class Options:
+    """`tenfold eval needle` flags and a suite's needle: keys, each a keyword argument of run_needle (the text and
+    length keys from `max_new_tokens` on override the preset's)."""
+    preset: Literal["paper", "original"] = setting("paper", "the paper's needle, prompt and grid, or the original "
+                                                            "harness's")
+    lengths: list[int] | None = setting(None, "comma-separated context lengths in tokens (default: the preset's)")
+    depths: list[float] | None = setting(None, "comma-separated depth percents (default: the preset's)")
+    haystack: str | None = setting(None, "text file, directory of .txt files, 'paul-graham' or 'toy' (default)")
+    scorer: Literal["rouge", "judge"] = setting("rouge", "ROUGE-L recall of the answer, or an LLM judge's 1-10")
+    judge_model: str | None = setting(None, "the judge's model name on the OpenAI-compatible endpoint")
+    judge_base_url: str | None = setting(None, "the judge's endpoint (default: OPENAI_BASE_URL or OpenAI)")
+    training_length: int | None = setting(None, "marked on the heatmap (default: what tenfold train recorded, for a "
+                                                "model it trained)")
+    max_new_tokens: int | None = setting(None, "tokens a prediction may have (default: the preset's)")
+    buffer: int | None = setting(None, "tokens kept free within each length (default: the preset's)")
+    sentence_boundary: bool | None = setting(None, "insert the needle at a sentence boundary (default: the "
+                                                   "preset's, yes)")
+    needle: str | None = setting(None, "the needle sentence (default: the preset's)")
+    answer: str | None = setting(None, "the part of the needle a correct prediction holds (default: the preset's)")
+    question: str | None = setting(None, "the question after the haystack (default: the preset's)")
+    prefix: str | None = setting(None, "the text before the haystack (default: the preset's)")
 
 
 def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: list[int] | None = None,

@@ -9,10 +9,12 @@ Keys come from a seeded generator, one per cell, so every run asks the same ques
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tenfold.config import setting
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.haystack import fill, insertion_point
 from tenfold.eval.plots import heatmap
@@ -45,6 +47,17 @@ def build_cases(tokenizer, lengths: list[int], depths: list[float], seed: int = 
                     + tokenizer.decode(context[position:]) + QUESTION)
             cases.append({"id": f"L{length}-D{depth:g}", "length": length, "depth": depth, "key": key, "prompt": text})
     return cases
+
+
+@dataclass
+class Options:
+    """`tenfold eval passkey` flags and a suite's passkey: keys, each a keyword argument of run_passkey."""
+    lengths: list[int] | None = setting(None, "comma-separated context lengths (default: 8192..131072, 20 steps)")
+    depths: list[float] | None = setting(None, "comma-separated depth percents (default: 0, 11, ..., 100)")
+    max_new_tokens: int = setting(50, "tokens a prediction may have")
+    seed: int = setting(123, "seed of the pass keys")
+    training_length: int | None = setting(None, "marked on the heatmap (default: what tenfold train recorded, for a "
+                                                "model it trained)")
 
 
 def run_passkey(backend, output_dir: str | Path, lengths: list[int] | None = None, depths: list[float] | None = None,

@@ -15,8 +15,10 @@ from __future__ import annotations
 import random
 import string
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from tenfold.config import setting
 from tenfold.eval.metrics import string_match_all
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 
@@ -138,6 +140,16 @@ def fit_size(backend, task: str, length: int, new_tokens: int, essay: list[str])
     if low == 0 and not fits(0):
         raise ValueError(f"ruler: {task} does not fit {length} tokens even without a haystack; use longer lengths")
     return low
+
+
+@dataclass
+class Options:
+    """`tenfold eval ruler` flags and a suite's ruler: keys, each a keyword argument of run_ruler."""
+    tasks: list[str] | None = setting(None, "comma-separated (default: all of them)")
+    lengths: list[int] | None = setting(None, "comma-separated (default: 4096,...,131072)")
+    samples: int = setting(20, "samples per task and length")
+    seed: int = setting(42, "seed of the samples")
+    haystack: str | None = setting(None, "essay text for niah_multikey_1/multivalue/multiquery (default: noise)")
 
 
 def run_ruler(backend, output_dir: str | Path, tasks: list[str] | None = None, lengths: list[int] | None = None,

@@ -23,14 +23,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from tenfold.eval import BENCHMARKS, run_benchmark
-from tenfold.generation import load_backend
+from tenfold.config import read_recipe_file, setting
+from tenfold.eval import BENCHMARKS, benchmark_options, run_benchmark
 from tenfold.eval.runner import model_lengths
-from tenfold.recipe import read_recipe_file
+from tenfold.generation import load_backend
 
 BREAKDOWNS = ("by_length", "by_num_topics", "by_category", "by_task", "by_dataset")  # per-benchmark detail rows
+
+
+@dataclass
+class SuiteSettings:
+    """`tenfold eval all`: run_suite's arguments."""
+    suite: str = setting(help="YAML with an eval: section (models, benchmarks)")
+    output_dir: str = setting(help="OUTPUT_DIR/<model>/ for each model's results; summary.md and summary.json")
+    overwrite: bool = setting(False, "discard predictions in --output-dir made otherwise (default: refuse them)")
 
 
 def load_suite(suite: str | Path | dict) -> dict:
@@ -49,6 +58,7 @@ def load_suite(suite: str | Path | dict) -> dict:
     for name, spec in models.items():
         if not isinstance(spec, dict) or "model" not in spec:
             raise ValueError(f"{source}: model {name!r} needs a `model:` key (path, hub id or tenfold/<name>)")
+    benchmarks = {name: benchmark_options(name, options, source) for name, options in benchmarks.items()}
     return {"models": models, "benchmarks": benchmarks, "backend_options": section.get("backend_options") or {}}
 
 
@@ -88,7 +98,7 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool 
         for key, length in model_lengths(backend).items():
             rows.setdefault(key.replace("_", " "), {})[model_name] = length
         for benchmark, options in settings["benchmarks"].items():
-            summary = run_benchmark(benchmark, backend, out / model_name, overwrite=overwrite, **(options or {}))
+            summary = run_benchmark(benchmark, backend, out / model_name, overwrite=overwrite, **options)
             summaries.setdefault(benchmark, {})[model_name] = summary
             for row, value in summary_rows(benchmark, summary).items():
                 rows.setdefault(row, {})[model_name] = value

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+from tenfold.config import setting
 from tenfold.errors import RecordError
 from tenfold.io import read_jsonl
 from tenfold.eval.plots import line_plot
@@ -85,6 +87,18 @@ def file_cases(path: str | Path, num_topics: list[int] | None) -> list[dict]:
             cases.append({"id": f"{file.stem}-{record.get('test_id', i)}", "num_topics": n,
                           "target": record["topics"][0], "prompt": prompt})
     return [c for c in cases if num_topics is None or c["num_topics"] in num_topics]
+
+
+@dataclass
+class Options:
+    """`tenfold eval topic` flags and a suite's topic: keys, each a keyword argument of run_topic."""
+    data: str | None = setting(None, "LongChat testcases dir or topic_retrieval.json (default: generated "
+                                     "conversations)")
+    num_topics: list[int] | None = setting(None, "comma-separated groups (default: 5,10,...,70)")
+    samples: int = setting(10, "generated records per group")
+    turns: int = setting(2, "turns per generated conversation")
+    seed: int = setting(0, "seed of the generated conversations")
+    max_new_tokens: int = setting(50, "tokens a prediction may have")
 
 
 def run_topic(backend, output_dir: str | Path, data: str | Path | None = None, num_topics: list[int] | None = None,

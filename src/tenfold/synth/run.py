@@ -19,97 +19,94 @@ import dataclasses
 import hashlib
 import json
 import os
-import typing
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tqdm import tqdm
 
+from tenfold.config import setting
+from tenfold.errors import RecipeError
+from tenfold.io import AppendLog, warn, write_atomic
+from tenfold.models import load_tokenizer, plain_tokenizer_file, target_tokenizer
 from tenfold.synth.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
 from tenfold.synth.corpus import Document, filter_documents, read_corpus, text_id
 from tenfold.synth.generators import Reply, Request, make_generator
 from tenfold.synth.prompts import PROMPTS, TASKS
 from tenfold.synth.replies import reply_problem, valid_items
-from tenfold.synth.tasks import Context, conversation_record, context_id, document_context, heterogeneous_context
-from tenfold.io import AppendLog, write_atomic, warn
-from tenfold.models import load_tokenizer, plain_tokenizer_file, target_tokenizer
-from tenfold.recipe import RecipeError, coerce, read_recipe_file
+from tenfold.synth.tasks import Context, context_id, conversation_record, document_context, heterogeneous_context
 from tenfold.toy import TOY_DATA, toy_records
 
 HOMOGENEOUS = ("single_detail", "multi_detail", "biography")
+
+
 @dataclass
 class SynthSettings:
-    corpus: str = ""
-    output: str = ""
-    generator: Literal["offline", "openai", "transformers"] = "offline"
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    tokenizer: str = ""  # the target model's: lengths are counted in its tokens (see target_tokenizer)
-    min_tokens: int = 64_000  # the paper's 64K-80K documents
-    max_tokens: int = 80_000
-    chunk_tokens: int = 4096
-    language: str | None = None  # e.g. "en" (langdetect); None keeps every language
-    text_field: str = "text"
-    max_contexts: int | None = None  # stop after this many contexts (records already in the output count)
-    questions_per_chunk: int = 4
-    single_detail_chunks: int = 3
-    multi_detail_questions: int = 10
-    multi_detail_excerpts: int = 4
-    biography_characters: int = 5
-    heterogeneous_clusters: int | None = None  # None: about one cluster per context's worth of tokens
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    model: str = ""  # the generator's model (openai: default $OPENAI_MODEL, else gpt-4-turbo)
-    base_url: str | None = None  # openai: default $OPENAI_BASE_URL, else OpenAI's
-    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key; keys never go in recipes
-    # Requests in flight at most (openai): halved on a 429, grown back by one per as many successes in a row.
-    concurrency: int = 32
-    # The provider's published limits (None: none). The paper's client ran at 5000 requests and 100K tokens a
-    # minute; a request counts its prompt (about 4 characters a token) plus max_new_tokens.
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_retries: int = 6
-    request_timeout: float = 600.0
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    max_new_tokens: int = 4096
-    temperature: float = 0.0
-    generator_context_tokens: int | None = None  # what the generator reads; None: the backend's own
-    price_input_per_million: float = 0.0  # for the cost tally, in your currency
-    price_output_per_million: float = 0.0
-    cache_dir: str | None = None  # default: OUTPUT.cache/
-    seed: int = 0
+    """`tenfold synth`: each field is a flag, and a key of a recipe's synth: section."""
+    corpus: str = setting(help="folder of .txt/.md, .jsonl, .parquet, saved dataset, hub id, or tenfold/toy")
+    output: str = setting(help="JSONL of conversation records (appended; a rerun resumes)")
+    generator: Literal["offline", "openai", "transformers"] = setting("offline", "what writes the questions and "
+                                                                                "answers")
+    tasks: list[str] = setting(list(TASKS), "comma-separated (default: all: " + ",".join(TASKS) + ")")
+    tokenizer: str = setting("", "the target model's tokenizer: lengths are counted in its tokens (default: the "
+                                 "--recipe's model.name; needed otherwise, except on --corpus tenfold/toy)")
+    min_tokens: int = setting(64_000, "shortest document, in target tokens; the paper's are 64K-80K")
+    max_tokens: int = setting(80_000, "longest document, in target tokens")
+    recipe: str | None = setting(None, "YAML file whose synth: section sets any synth key (its model.name: the "
+                                       "tokenizer)")
+    model: str = setting("", "the generator's model (openai: default $OPENAI_MODEL, else gpt-4-turbo; "
+                             "transformers: needed)")
+    base_url: str | None = setting(None, "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI's); "
+                                         "key from $OPENAI_API_KEY")
+    # Halved on a 429, grown back by one per as many successes in a row.
+    concurrency: int = setting(32, "requests in flight at most (openai; halved on a 429 and grown back on "
+                                   "successes)")
+    # The paper's client ran at 5000 requests and 100K tokens a minute.
+    requests_per_minute: float | None = setting(None, "the provider's request limit (openai; default: none)")
+    tokens_per_minute: float | None = setting(None, "the provider's token limit, a request's prompt (about 4 "
+                                                    "characters a token) + max_new_tokens (openai; default: none)")
+    request_timeout: float = setting(600.0, "seconds before a request is given up and retried (openai)")
+    max_contexts: int | None = setting(None, "stop after this many records' contexts (records already in the "
+                                             "output count)")
+    chunk_tokens: int = setting(4096, "chunk size in target tokens")
+    language: str | None = setting(None, "keep only documents in this language (langdetect code, e.g. en; "
+                                         "default: every language)")
+    text_field: str = setting("text", "the text field of JSONL/Parquet/dataset rows")
+    cache_dir: str | None = setting(None, "response cache (default: OUTPUT.cache/)")
+    questions_per_chunk: int = setting(4, "questions asked per chunk")
+    single_detail_chunks: int = setting(3, "chunks of a document a single_detail conversation asks about")
+    multi_detail_questions: int = setting(10, "questions per multi_detail conversation")
+    multi_detail_excerpts: int = setting(4, "excerpts a multi_detail question is asked over")
+    biography_characters: int = setting(5, "characters per biography conversation")
+    heterogeneous_clusters: int | None = setting(None, "clusters of short texts (default: about one per "
+                                                       "context's worth of tokens)")
+    embedding_model: str = setting(DEFAULT_EMBEDDING_MODEL, "embeds the short texts for clustering")
+    api_key_env: str = setting("OPENAI_API_KEY", "the variable holding the API key (keys never go in recipes)")
+    max_retries: int = setting(6, "retries of a failed request")
+    backoff_base: float = setting(1.0, "seconds of the first retry's back-off (jittered), doubled each retry")
+    backoff_max: float = setting(60.0, "longest back-off, in seconds")
+    max_new_tokens: int = setting(4096, "tokens a reply may have")
+    temperature: float = setting(0.0, "the generator's sampling temperature")
+    generator_context_tokens: int | None = setting(None, "what the generator reads (default: the backend's own)")
+    price_input_per_million: float = setting(0.0, "for the cost tally, in your currency")
+    price_output_per_million: float = setting(0.0, "for the cost tally, in your currency")
+    seed: int = setting(0, "seed of the short texts' clustering (multi_detail_heterogeneous)")
 
-
-def synth_settings(recipe: str | None = None, overrides: dict | None = None) -> SynthSettings:
-    """Defaults, then the recipe's `synth:` section, then the overrides; every value checked."""
-    settings, hints = SynthSettings(), typing.get_type_hints(SynthSettings)
-    section = (read_recipe_file(recipe).get("synth") or {}) if recipe else {}
-    if not isinstance(section, dict):
-        raise RecipeError(f"{recipe}: 'synth' must be a mapping of synth keys")
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for key, value in (section | flags).items():
-        where = "command line" if key in flags else recipe
-        if key not in hints:
-            raise RecipeError(f"{where}: unknown synth key {key!r}; allowed: {', '.join(hints)}")
-        try:
-            setattr(settings, key, coerce(value, hints[key], f"synth.{key}"))
-        except RecipeError as e:
-            raise RecipeError(f"{where}: {e}") from None
-    unknown = set(settings.tasks) - set(TASKS)
-    if unknown:
-        raise RecipeError(f"unknown task(s) {', '.join(sorted(unknown))}; use {', '.join(TASKS)}")
-    if not settings.corpus or not settings.output:
-        raise RecipeError("synth needs a corpus and an output file")
-    if settings.concurrency < 1:
-        raise RecipeError(f"synth.concurrency is {settings.concurrency}; give 1 or more requests in flight")
-    for key in ("requests_per_minute", "tokens_per_minute"):
-        if getattr(settings, key) is not None and getattr(settings, key) <= 0:
-            raise RecipeError(f"synth.{key} is {getattr(settings, key)}; give a positive limit or leave it unset")
-    if settings.min_tokens > settings.max_tokens:
-        raise RecipeError(f"min_tokens ({settings.min_tokens}) is above max_tokens ({settings.max_tokens})")
-    settings.tokenizer = settings.tokenizer or target_tokenizer("synth", recipe, [settings.corpus])
-    return settings
+    def __post_init__(self):
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise RecipeError(f"unknown task(s) {', '.join(sorted(unknown))}; use {', '.join(TASKS)}")
+        if not self.corpus or not self.output:
+            raise RecipeError("synth needs a corpus and an output file")
+        if self.concurrency < 1:
+            raise RecipeError(f"synth.concurrency is {self.concurrency}; give 1 or more requests in flight")
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise RecipeError(f"synth.{key} is {getattr(self, key)}; give a positive limit or leave it unset")
+        if self.min_tokens > self.max_tokens:
+            raise RecipeError(f"min_tokens ({self.min_tokens}) is above max_tokens ({self.max_tokens})")
+        self.tokenizer = self.tokenizer or target_tokenizer("synth", self.recipe, [self.corpus])
 
 
 class ResponseCache:
