@@ -155,8 +155,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     summary = evaluate(args.benchmark, settings, options)
     lengths = "; ".join(f"{key.replace('_', ' ')} {summary['model'][key]:,}" for key in
                         ("native_length", "training_length") if summary["model"].get(key))
-    print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')}); "
-          f"{lengths + '; ' if lengths else ''}results in {settings.output_dir}/{args.benchmark}.json")
+    reported = summary.get("paper_reported") or {}
+    reported = reported.get("avg", reported.get("score"))
+    print(f"{args.benchmark}: score {summary['score']:.4f} ({summary.get('scorer', 'mean')})"
+          f"{f', paper reported {reported:.4f}' if reported is not None else ''}; {lengths + '; ' if lengths else ''}"
+          f"results in {settings.output_dir}/{summary.get('benchmark', args.benchmark)}.json")
 
 
 # verb -> (its settings "module:Class", the command that runs it and says where the outputs went, help)

@@ -1,4 +1,5 @@
-"""`tenfold eval`: one module per benchmark (needle, passkey, topic, ruler, longbench, infbench, mmlu),
+"""`tenfold eval`: one module per benchmark (needle, passkey, topic, ruler, longbench, infbench, mmlu,
+longbench_v2),
 each a plain function `run_<name>(backend, output_dir, **options) -> summary` with an `Options` dataclass
 declaring the options it takes from the command line and from a suite; tenfold.generation loads the model,
 runner.py resumes and batches cases, plots.py draws, suite.py runs them all side by side."""
@@ -23,6 +24,8 @@ BENCHMARKS = {
     "longbench": ("tenfold.eval.longbench:run_longbench", "LongBench v1 with the official prompts and metrics"),
     "infbench": ("tenfold.eval.infbench:run_infbench", "InfiniteBench longbook_qa_eng and longbook_sum_eng"),
     "mmlu": ("tenfold.eval.mmlu:run_mmlu", "zero-shot MMLU by the answer letters' next-token scores"),
+    "longbench_v2": ("tenfold.eval.longbench_v2:run_longbench_v2",
+                     "LongBench v2: 503 long multiple-choice questions, with or without chain of thought"),
 }
 
 

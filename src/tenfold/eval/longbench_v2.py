@@ -38,8 +38,10 @@ import hashlib
 import json
 import re
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from tenfold.config import setting
 from tenfold.errors import RecordError, UserError
 from tenfold.eval.runner import check_length, claim_predictions, describe, resume_cases, write_outputs
 from tenfold.io import cache_dir, read_jsonl
@@ -219,6 +221,22 @@ def predict_batch(backend, items: list[dict], templates: dict[str, str], truncat
         records.append({**record, "response": response, "pred": pred, "judge": pred == item["answer"],
                         "empty_reply": output == ""})
     return records
+
+
+@dataclass
+class Options:
+    """`tenfold eval longbench_v2` flags and a suite's longbench_v2: keys, each a keyword argument of
+    run_longbench_v2."""
+    cot: bool = setting(False, "chain of thought: 1024 tokens of reasoning, then the answer pass (pred.py --cot)")
+    no_context: bool = setting(False, "the questions without their documents (pred.py --no_context)")
+    truncate_length: int | None = setting(None, "prompt tokens after pred.py's middle cut, BOS counted (default: "
+                                                "model length - 1152; the leaderboard used 120000)")
+    data: str | None = setting(None, "LongBench v2's data.json, or a folder holding it (default: THUDM/LongBench-v2 "
+                                     "from the HF hub)")
+    prompts_dir: str | None = setting(None, "the prompts/ folder of THUDM/LongBench (default: download at a pinned "
+                                            "commit)")
+    limit: int | None = setting(None, "only the first N questions")
+    compensated: bool = setting(False, "result.py's compensated score: an unanswered question counts 0.25")
 
 
 def run_longbench_v2(backend, output_dir: str | Path, cot: bool = False, no_context: bool = False,

@@ -31,7 +31,9 @@ from tenfold.eval import BENCHMARKS, benchmark_options, run_benchmark
 from tenfold.eval.runner import model_lengths
 from tenfold.generation import load_backend
 
-BREAKDOWNS = ("by_length", "by_num_topics", "by_category", "by_task", "by_dataset")  # per-benchmark detail rows
+# per-benchmark detail rows; "categories" (LongBench, MMLU) and "scores" (InfiniteBench's tasks) are what the
+# paper reported too
+BREAKDOWNS = ("by_length", "by_num_topics", "by_category", "by_task", "by_dataset", "by_difficulty", "categories")
 
 
 @dataclass
@@ -70,7 +72,20 @@ def summary_rows(benchmark: str, summary: dict) -> dict[str, float]:
         for part, value in (summary.get(key) or {}).items():
             if isinstance(value, (int, float)):
                 rows[f"{benchmark} {key.removeprefix('by_').replace('_', ' ')} {part}"] = value
+    if benchmark == "infbench":
+        rows.update({f"{benchmark} {task}": value for task, value in (summary.get("scores") or {}).items()})
     return rows
+
+
+def reported_rows(benchmark: str, summary: dict) -> dict[str, float]:
+    """The paper's reported numbers for this summary's model, on the rows summary_rows gives (none if it
+    reported none): the measured and the reported value side by side."""
+    reported = summary.get("paper_reported")
+    if not reported:
+        return {}
+    score = reported.get("avg", reported.get("score"))
+    as_summary = {**{k: v for k, v in summary.items() if k in ("preset", "scorer")}, **reported, "score": score}
+    return {row: value for row, value in summary_rows(benchmark, as_summary).items() if value is not None}
 
 
 def markdown_table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
@@ -102,10 +117,14 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool 
             summaries.setdefault(benchmark, {})[model_name] = summary
             for row, value in summary_rows(benchmark, summary).items():
                 rows.setdefault(row, {})[model_name] = value
+            for row, value in reported_rows(benchmark, summary).items():
+                rows.setdefault(row, {})[f"{model_name} (paper reported)"] = value
         del backend  # one model in memory at a time
-    table = {"models": list(settings["models"]), "benchmarks": list(settings["benchmarks"]), "rows": rows,
-             "summaries": summaries}
+    columns = [c for name in settings["models"] for c in (name, f"{name} (paper reported)")
+               if c == name or any(c in values for values in rows.values())]
+    table = {"models": list(settings["models"]), "columns": columns, "benchmarks": list(settings["benchmarks"]),
+             "rows": rows, "summaries": summaries}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
-    (out / "summary.md").write_text(markdown_table(table["models"], rows))
+    (out / "summary.md").write_text(markdown_table(columns, rows))
     return table
