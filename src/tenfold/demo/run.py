@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from tenfold.demo.measure import loss_by_position, needle_grid, short_check
-from tenfold.demo.world import LINE_TOKENS, plain_record, question_record, synth_corpus
+from tenfold.toy import LINE_TOKENS, plain_record, question_record, synth_corpus
 
 BASE_MODEL = "tenfold/toy-llama"
 FACTOR = 10  # ten-fold context
