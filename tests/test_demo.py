@@ -59,6 +59,27 @@ def test_needle_case_fits_its_length_and_puts_the_fact_at_its_depth(tokenizer, l
     assert case["prompt"].endswith(toy.question(lines[at].split()[3]))
 
 
+def test_pretrains_schedule_is_transformers_cosine_one_warm_up_step_ahead():
+    """pretrain's own schedule (the one toy-llama was trained with) against get_cosine_schedule_with_warmup: the
+    same rates from step WARMUP on; within the warm-up, step s has the library's rate of step s + 1."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from tenfold.demo.pretrain import LEARNING_RATE, STEPS, WARMUP, learning_rate
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, WARMUP, STEPS)
+    library = []
+    for _ in range(STEPS + 1):
+        library.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    ours = [learning_rate(step) for step in range(STEPS)]
+    assert library[0] == 0.0 and ours[0] == LEARNING_RATE / WARMUP
+    assert ours[:WARMUP] == pytest.approx(library[1:WARMUP + 1], rel=1e-12)
+    assert ours[WARMUP:] == pytest.approx(library[WARMUP:STEPS], rel=1e-12, abs=1e-18)
+
+
 def test_demo_flag_reaches_the_demo_function():
     args = build_parser().parse_args(["demo", "--quick", "--rope-factor", "20", "--output-dir", "x"])
     assert (args.quick, args.rope_factor, args.output_dir) == (True, 20.0, "x")
