@@ -38,29 +38,30 @@ VOCAB = 128_256
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def llama_config(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None):
-    """The benchmark model's LlamaConfig: Llama-3's vocabulary and RoPE base, `shape` or the small sizes."""
-    from transformers import LlamaConfig
-
+def llama_sizes(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None) -> dict:
+    """The benchmark model's LlamaConfig arguments: Llama-3's vocabulary and RoPE base, `shape` or the small sizes."""
     sizes = shape or dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                           num_attention_heads=heads, num_key_value_heads=heads)
-    return LlamaConfig(vocab_size=VOCAB, max_position_embeddings=8192, rope_theta=500_000.0,
-                       tie_word_embeddings=False, **sizes)
+    return dict(vocab_size=VOCAB, max_position_embeddings=8192, rope_theta=500_000.0, tie_word_embeddings=False,
+                **sizes)
+
+
+def llama_config(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None):
+    from tenfold import toy
+
+    return toy.llama_config(**llama_sizes(hidden, layers, heads, shape))
 
 
 def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, heads: int = 4,
                 shape: dict | None = None) -> Path:
-    """Random weights saved once; `shape` (e.g. LLAMA3_8B) replaces the small default sizes."""
+    """Random weights (seed 0) saved once; `shape` (e.g. LLAMA3_8B) replaces the small default sizes."""
     if (path / "config.json").is_file():
         return path
-    from transformers import LlamaForCausalLM
+    from tenfold import toy
 
-    config = llama_config(hidden, layers, heads, shape)
-    torch.manual_seed(0)
     device = "cuda" if shape and torch.cuda.is_available() else "cpu"  # 8B random init is minutes on a CPU
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if shape else torch.float32)
-    model.save_pretrained(path)
+    model = toy.build_model(seed=0, device=device, **llama_sizes(hidden, layers, heads, shape))
+    model.to(torch.bfloat16 if shape else torch.float32).save_pretrained(path)
     return path
 
 

@@ -17,10 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from common import markdown_table, record
+
+from tenfold.toy import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = str(ROOT / "benchmarks" / "sequence_parallel_step.py")
@@ -42,11 +41,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=args.width, intermediate_size=7 * args.width // 2,
-                                     num_hidden_layers=args.layers, num_attention_heads=args.width // 64,
-                                     num_key_value_heads=args.width // 256, tie_word_embeddings=False,
-                                     max_position_embeddings=65536)).save_pretrained(tmp)
+        build_model(vocab_size=32000, hidden_size=args.width, intermediate_size=7 * args.width // 2,
+                    num_hidden_layers=args.layers, num_attention_heads=args.width // 64,
+                    num_key_value_heads=args.width // 256, rope_theta=10000.0,
+                    max_position_embeddings=65536).save_pretrained(tmp)
         for length in [int(n) for n in args.lengths.split(",")]:
             seen = measure(Path(tmp), length, Path(tmp) / f"step{length}")
             rows.append({"width": args.width, "layers": args.layers, "length": length, **seen,

@@ -15,7 +15,8 @@ from tenfold.toy import write_tiny_llama  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama (RoPE base 500, native 256 tokens) with a byte-level BPE and Llama-3's chat template."""
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hidden_size=32, num_heads=2, num_kv_heads=1)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hidden_size=32, num_attention_heads=2,
+                            num_key_value_heads=1)
 
 
 @pytest.fixture(scope="session")

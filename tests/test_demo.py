@@ -5,12 +5,12 @@ import random
 
 import pytest
 
+from tenfold import toy
 from tenfold.cli import build_parser
-from tenfold.synth.extractive import extract
-from tenfold.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS, document
-from tenfold.demo import world
 from tenfold.demo.report import summary_row
 from tenfold.models import load_tokenizer
+from tenfold.synth.extractive import extract
+from tenfold.toy import ANIMALS, COLOURS, NAMES, NUMBERS, OBJECTS, VERBS, document
 
 CONTRACT_KEYS = {"native_length", "training_length", "rope_factor", "before", "rope_only", "after", "loss_by_position",
                  "short_check",
@@ -30,14 +30,14 @@ def test_shipped_tokenizer_makes_every_word_and_number_one_token(tokenizer):
         assert len(tokenizer(f" {n}", add_special_tokens=False)["input_ids"]) == 1
         assert len(tokenizer(f"{n}", add_special_tokens=False)["input_ids"]) == 1
     line = document(3, random.Random(0))[1] + "\n"
-    assert len(tokenizer(line, add_special_tokens=False)["input_ids"]) == world.LINE_TOKENS
+    assert len(tokenizer(line, add_special_tokens=False)["input_ids"]) == toy.LINE_TOKENS
 
 
 def test_tokenizer_encodes_what_the_pipeline_writes(tokenizer):
     rng = random.Random(1)
-    document = world.plain_record(30, rng, n_facts=4)["text"]
+    document = toy.plain_record(30, rng, n_facts=4)["text"]
     items = json.loads(extract("single_detail", [document], 4)) + json.loads(extract("multi_detail", [document], 4))
-    assert {i["question"] for i in items} >= {world.question(n) for n in NAMES if f"number of {n} is" in document}
+    assert {i["question"] for i in items} >= {toy.question(n) for n in NAMES if f"number of {n} is" in document}
     turns = [{"role": "user", "content": document + "\n\n" + items[0]["question"]}]
     for item in items:
         turns += [{"role": "assistant", "content": item["answer"]}, {"role": "user", "content": item["question"]}]
@@ -49,14 +49,35 @@ def test_tokenizer_encodes_what_the_pipeline_writes(tokenizer):
 
 @pytest.mark.parametrize("length,depth", [(256, 0), (256, 100), (1280, 50), (2560, 25)])
 def test_needle_case_fits_its_length_and_puts_the_fact_at_its_depth(tokenizer, length, depth):
-    case = world.needle_case(tokenizer, length, depth, random.Random(5), "x")
-    assert length - 2 * world.LINE_TOKENS <= case["tokens"] <= length
-    assert case["tokens"] == world.prompt_tokens(tokenizer, case["prompt"])
+    case = toy.needle_case(tokenizer, length, depth, random.Random(5), "x")
+    assert length - 2 * toy.LINE_TOKENS <= case["tokens"] <= length
+    assert case["tokens"] == toy.prompt_tokens(tokenizer, case["prompt"])
     lines = case["prompt"].split("\n\n")[0].split("\n")
     at = next(i for i, line in enumerate(lines) if line.startswith("the number of"))
     assert lines[at].endswith(f" is {case['answer']} .")
     assert abs(at / (len(lines) - 1) - depth / 100) < 0.05
-    assert case["prompt"].endswith(world.question(lines[at].split()[3]))
+    assert case["prompt"].endswith(toy.question(lines[at].split()[3]))
+
+
+def test_pretrains_schedule_is_transformers_cosine_one_warm_up_step_ahead():
+    """pretrain's own schedule (the one toy-llama was trained with) against get_cosine_schedule_with_warmup: the
+    same rates from step WARMUP on; within the warm-up, step s has the library's rate of step s + 1."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from tenfold.demo.pretrain import LEARNING_RATE, STEPS, WARMUP, learning_rate
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, WARMUP, STEPS)
+    library = []
+    for _ in range(STEPS + 1):
+        library.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    ours = [learning_rate(step) for step in range(STEPS)]
+    assert library[0] == 0.0 and ours[0] == LEARNING_RATE / WARMUP
+    assert ours[:WARMUP] == pytest.approx(library[1:WARMUP + 1], rel=1e-12)
+    assert ours[WARMUP:] == pytest.approx(library[WARMUP:STEPS], rel=1e-12, abs=1e-18)
 
 
 def test_demo_flag_reaches_the_demo_function():

@@ -8,6 +8,7 @@ from tenfold.generation import load_backend
 from tenfold.eval.plots import length_marks
 from tenfold.recipe import RopeSettings
 from tenfold.rope import apply_rope, model_lengths
+from tenfold.toy import llama_config
 
 
 def test_each_known_length_is_marked_after_the_last_column_within_it_and_labelled():
@@ -22,8 +23,8 @@ def test_each_known_length_is_marked_after_the_last_column_within_it_and_labelle
 
 
 def test_a_config_knows_its_native_length_and_keeps_it_through_training_and_save(tmp_path):
-    config = LlamaConfig(max_position_embeddings=8192, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                         num_attention_heads=1, vocab_size=16)
+    config = llama_config(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+                          num_key_value_heads=1, rope_theta=10000.0, max_position_embeddings=8192)
     assert model_lengths(config) == {"native_length": 8192, "training_length": None}
     apply_rope(config, RopeSettings(theta=400000.0))  # a training-free override: nothing was trained
     assert model_lengths(config) == {"native_length": 8192, "training_length": None}

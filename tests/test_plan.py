@@ -15,8 +15,8 @@ from tenfold.recipe import load_recipe
 # process's resident size before the model was loaded (the plan's "process runtime" on a CPU).
 CHILD = r"""
 import json, re, sys, torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from tenfold.recipe import load_recipe
+from tenfold.toy import build_model
 from tenfold.train.loop import build_optimizer
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training
@@ -26,10 +26,9 @@ def rss(field):
 
 out, width, layers, bf16, lengths, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
     sys.argv[4] == "bf16", [int(n) for n in sys.argv[5].split(",")], json.loads(sys.argv[6])
-torch.manual_seed(0)
-LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=width, intermediate_size=7 * width // 2,
-    num_hidden_layers=layers, num_attention_heads=width // 64, num_key_value_heads=width // 256,
-    tie_word_embeddings=False)).save_pretrained(out)
+build_model(vocab_size=32000, hidden_size=width, intermediate_size=7 * width // 2, num_hidden_layers=layers,
+    num_attention_heads=width // 64, num_key_value_heads=width // 256, rope_theta=10000.0,
+    max_position_embeddings=2048).save_pretrained(out)
 runtime = rss("VmRSS")
 recipe = load_recipe("recipes/llama3-8b-instruct-80k.yaml", {"model.name": out, "model.dtype": "auto",
     "train.mixed_precision": "bf16" if bf16 else "no", **overrides})

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from processes import WORKER as TRAIN_WORKER
 from processes import launch
+from tenfold.toy import build_model
 from tenfold.train import loop
 
 SP_WORKER = "benchmarks/sequence_parallel_step.py"  # what the benchmark of the same name runs
@@ -19,10 +19,8 @@ def wide_model(tmp_path_factory):
     """Wide and long enough that the step's activations, not fixed costs, set its memory; 1 key/value head,
     fewer than the processes (the head groups are repeated before the all-to-all)."""
     path = tmp_path_factory.mktemp("sp-model")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=896, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False,
-                                 max_position_embeddings=8192)).save_pretrained(path)
+    build_model(vocab_size=512, hidden_size=256, intermediate_size=896, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=1, rope_theta=10000.0, max_position_embeddings=8192).save_pretrained(path)
     return path
 
 

@@ -5,8 +5,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tenfold.toy import build_model
 from tenfold.train import loop
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training
@@ -124,10 +125,9 @@ def test_a_recipe_with_tiles_trains_like_one_without(tiny_recipe, tmp_path):
 
 
 def tiny_llama(num_layers: int = 2) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                         num_attention_heads=2, num_key_value_heads=1)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).train()
+    model = build_model(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+                        num_attention_heads=2, num_key_value_heads=1, rope_theta=10000.0,
+                        max_position_embeddings=2048).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 

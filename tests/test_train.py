@@ -177,7 +177,8 @@ def test_tied_embeddings_train_one_shared_matrix_through_save_merge_and_reload(t
     from tenfold.models import load_run
     from tenfold.toy import write_tiny_llama
 
-    base = write_tiny_llama(tmp_path / "tied", hidden_size=32, num_heads=2, num_kv_heads=1, tie_word_embeddings=True)
+    base = write_tiny_llama(tmp_path / "tied", hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                            tie_word_embeddings=True)
     recipe = load_recipe("recipes/tiny-cpu.yaml", {
         "model.name": str(base), "data.train_files": [str(toy_data)], "data.max_length": 256,
         "train.output_dir": str(tmp_path / "run"), "train.batch_size": 2, "train.micro_batch_size": 2,

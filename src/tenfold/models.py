@@ -239,20 +239,22 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
 
 
 def check_rope(model, rope: dict) -> None:
-    """Fail loudly if the live rotary embedding does not rotate with the requested base."""
+    """Fail loudly if the live rotary embedding does not rotate as the requested RoPE parameters say (base and
+    scaling, any rope type: the expected frequencies come from transformers' own initialisers)."""
     import torch
 
-    from tenfold.rope import rotary_inv_freq
+    from tenfold.rope import rope_frequencies, rotary_embedding
 
     live = model.config.rope_parameters
     if live.get("rope_theta") != rope["rope_theta"] or live.get("rope_type") != rope["rope_type"]:
         raise RuntimeError(f"the model's config overrode the requested RoPE {rope} with {live}")
-    inv_freq = rotary_inv_freq(model)
-    head_dim = 2 * inv_freq.numel()
-    if rope["rope_type"] == "default":
-        expected = 1.0 / rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        if not torch.allclose(inv_freq.double(), expected, rtol=1e-5):
-            raise RuntimeError(f"the model rotates with a RoPE base other than {rope['rope_theta']}")
+    rotary = rotary_embedding(model)
+    inv_freq, attention_scaling = rope_frequencies(model.config, rope)
+    if not torch.allclose(rotary.inv_freq.detach().double().cpu(), inv_freq.double(), rtol=1e-5):
+        raise RuntimeError(f"the model rotates with frequencies other than those of the requested RoPE {rope}")
+    if abs(float(getattr(rotary, "attention_scaling", 1.0)) - attention_scaling) > 1e-6:
+        raise RuntimeError(f"the model scales attention by {rotary.attention_scaling}, not by the "
+                           f"{attention_scaling} of the requested RoPE {rope}")
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -7,6 +7,7 @@ vLLM and most other readers of config.json look at top-level `rope_theta` and `r
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -87,9 +88,31 @@ def write_rope_to_config_file(path: str | Path, params: dict) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def rotary_inv_freq(model) -> torch.Tensor:
-    """The inverse frequencies the live model rotates with (first rotary module found)."""
+def rotary_embedding(model) -> torch.nn.Module:
+    """The live model's rotary embedding module (the first found): its `inv_freq` and `attention_scaling`."""
     for name, module in model.named_modules():
         if hasattr(module, "inv_freq") and "rotary" in name:
-            return module.inv_freq.detach().float().cpu()
+            return module
     raise ValueError("no rotary embedding module with an inv_freq buffer in this model")
+
+
+def rotary_inv_freq(model) -> torch.Tensor:
+    """The inverse frequencies the live model rotates with."""
+    return rotary_embedding(model).inv_freq.detach().float().cpu()
+
+
+def rope_frequencies(config, params: dict) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies, attention scaling) of a model of `config`'s shape under the RoPE `params`, from
+    transformers' own initialisers (ROPE_INIT_FUNCTIONS), so every rope type is computed as the models do."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = copy.deepcopy(config)
+    params = dict(params)
+    if params["rope_type"] == "default":  # transformers 5 keeps this one in each model's rotary class: it is
+        params.update(rope_type="linear", factor=1.0)  # linear scaling by 1, the same frequencies
+    if params["rope_type"] not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"transformers knows no rope type {params['rope_type']!r} "
+                         f"(known: default, {', '.join(ROPE_INIT_FUNCTIONS)})")
+    config.rope_parameters = params
+    inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[params["rope_type"]](config, "cpu")
+    return inv_freq.float(), float(attention_scaling)

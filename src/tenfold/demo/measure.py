@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from tenfold.demo.world import needle_case
-from tenfold.toy import document
 from tenfold.eval.plots import heatmap
 from tenfold.eval.runner import claim_predictions, mean, model_lengths, run_cases
+from tenfold.toy import document, needle_case
 
 ANSWER_TOKENS = 3  # the number, the end-of-turn token, and one spare
 

@@ -15,7 +15,8 @@ minutes on a CPU (docs/demo.md, and the feasibility notes' third study):
 
 Every step's data is drawn from its own seed, so a killed run resumes from OUT/checkpoint.pt and reaches
 the same weights. At the end the script measures the model (needle at 1x and 10x, loss per position)
-into OUT/pretrain.json.
+into OUT/pretrain.json. The model's tokenizer is made here too (`world_tokenizer`): it also learns the
+offline generator's questions, which tenfold.toy, a floor below synth, cannot import.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from tenfold.records import encode_record
-from tenfold.demo.world import plain_record, question_record, world_tokenizer
+from tenfold.synth.extractive import extract
+from tenfold.toy import build_model, build_tokenizer, plain_record, question_record
 
 NATIVE_LENGTH = 256
 ROPE_THETA = 500.0
@@ -41,17 +43,34 @@ SEED = 0
 STEPS, PHASE_A, ONE_FACT_STEPS, CURRICULUM, RAMP, WARMUP = 900, 400, 200, 300, 100, 50
 BATCH = 64  # sequences a step: all questions in phase A, half questions and half diaries in phase B
 LEARNING_RATE = 2e-3
+TOY_LLAMA = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=NATIVE_LENGTH, rope_theta=ROPE_THETA)
 
 
-def build_model(tokenizer) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=NATIVE_LENGTH, rope_theta=ROPE_THETA,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(SEED)
-    return LlamaForCausalLM(config)
+def tokenizer_texts(seed: int = 1234) -> list[str]:
+    """What the tokenizer learns from: rendered question records (template, answers), plain documents,
+    and the offline generator's questions and answers about toy documents (single and multi detail)."""
+    rng, texts = random.Random(seed), []
+    for i in range(300):
+        record = question_record(rng.randint(4, 30), rng.randint(1, 4), 3, rng)
+        texts.append(render_plain(record["conversations"]))
+        text = plain_record(rng.randint(10, 40), rng, n_facts=4)["text"]
+        texts.append(text)
+        for task in ("single_detail", "multi_detail"):
+            texts.append(extract(task, [text], 4))
+    return texts
+
+
+def render_plain(turns: list[dict]) -> str:
+    """Turns written as the chat template writes them, without the special tokens (which BPE never merges)."""
+    return "".join(f"{t['role']}\n\n{t['content'].strip()}" for t in turns)
+
+
+def world_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """`toy.build_tokenizer` trained on the toy world: every word of the world, and every two-digit number both
+    after a space (in documents) and alone (an answer), is one token."""
+    numbers = [" ".join(f"{n}" for n in range(100))] * 20 + ["\n\n".join(f"{n}" for n in range(100))] * 20
+    return build_tokenizer(tokenizer_texts() + numbers, vocab_size)
 
 
 def question_batch(step: int, n: int, tokenizer, rng: random.Random) -> list:
@@ -94,6 +113,12 @@ def weighted_loss(model, rows: list, pad_id: int, micro_batches: int = 4) -> tor
 
 
 def learning_rate(step: int) -> float:
+    """Linear warm-up to LEARNING_RATE over WARMUP steps, then half a cosine down to 0 at STEPS.
+
+    Not transformers' get_cosine_schedule_with_warmup: that one has the same rates from step WARMUP on but warms
+    up from 0 (step s at s/WARMUP of the peak, here (s+1)/WARMUP, so its first step does not move the weights),
+    and no choice of its arguments gives this warm-up. The shipped toy-llama was trained with this schedule, so
+    a rerun of the script keeps it (tests/test_demo.py holds the two schedules side by side)."""
     if step < WARMUP:
         return LEARNING_RATE * (step + 1) / WARMUP
     return LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (STEPS - WARMUP)))
@@ -103,7 +128,7 @@ def pretrain(out_dir: str | Path, steps: int = STEPS) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = world_tokenizer()
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, seed=SEED, **TOY_LLAMA)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), weight_decay=0.01)
     start, log = 0, []
     checkpoint = out_dir / "checkpoint.pt"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tenfold.config import load_settings, setting
 from tenfold.demo.measure import loss_by_position, needle_grid, short_check
-from tenfold.demo.world import LINE_TOKENS, plain_record, question_record, synth_corpus
 from tenfold.errors import RecipeError
+from tenfold.toy import LINE_TOKENS, plain_record, question_record, synth_corpus
 
 BASE_MODEL = "tenfold/toy-llama"
 FACTOR = 10  # ten-fold context

@@ -11,6 +11,7 @@ import os
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
@@ -38,20 +39,45 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch set
         if accelerator.mixed_precision != "no":
             plugin.set_mixed_precision(accelerator.mixed_precision)
-        accelerator.state.fsdp_plugin = plugin
-        accelerator.state.distributed_type = DistributedType.FSDP
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate's own FSDP setup does
+        override_process_state(accelerator, fsdp_plugin=plugin, distributed_type=DistributedType.FSDP)
     if deepspeed and not torch.cuda.is_available() and torch.distributed.is_initialized():
         # DeepSpeed's CPU accelerator joined the processes (gloo), but accelerate counts processes only for the
         # device types it knows and would see one: give its state the real ranks.
-        ranks = dict(num_processes=torch.distributed.get_world_size(), process_index=torch.distributed.get_rank(),
-                     local_process_index=int(os.environ.get("LOCAL_RANK", 0)))
-        PartialState._shared_state.update(ranks)
-        accelerator.state.__dict__.update(ranks)
+        override_process_state(accelerator, num_processes=torch.distributed.get_world_size(),
+                               process_index=torch.distributed.get_rank(),
+                               local_process_index=int(os.environ.get("LOCAL_RANK", 0)))
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
                          "(recipes/accelerate/fsdp2.yaml)")
     return accelerator
+
+
+# accelerate's process state has no public setter and no public reset: these two functions are the only places
+# tenfold reaches into it; tests/test_library_internals.py fails if accelerate changes what they rely on.
+
+def override_process_state(accelerator: Accelerator, fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
+                           **fields) -> None:
+    """Write `fields` (distributed_type, ranks) into accelerate's state of this process, and `fsdp_plugin` into
+    the accelerator's, where accelerate cannot tell them from the devices (see make_accelerator).
+
+    accelerate keeps that state in two dicts shared by all instances of their class: PartialState's (the
+    processes: ranks, device, distributed type; the private `_shared_state`) and AcceleratorState's (a copy of
+    it plus precision and plugins), which is each instance's `__dict__`. Both must agree, as in accelerate's own
+    FSDP setup (which writes PartialState._shared_state["distributed_type"] the same way).
+    """
+    if fsdp_plugin is not None:
+        accelerator.state.fsdp_plugin = fsdp_plugin
+    PartialState._shared_state.update(fields)
+    accelerator.state.__dict__.update(fields)
+
+
+def reset_accelerator_state() -> None:
+    """Forget the accelerator's settings (precision, plugins), keep the processes (PartialState).
+
+    accelerate keeps one AcceleratorState a process whose precision cannot change once set; a second train()
+    in one process (a notebook, the tests) may want another, and only the private `_reset_state` allows it.
+    """
+    AcceleratorState._reset_state()
 
 
 def set_accumulation(accelerator: Accelerator, steps: int, micro_batch_size: int, max_grad_norm: float) -> None:

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import DistributedType, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -38,7 +37,7 @@ from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.distributed import (full_optimizer_state, full_trainable_state, is_sharded, load_full_state,
-                                       make_accelerator, set_accumulation, sharding_report)
+                                       make_accelerator, reset_accelerator_state, set_accumulation, sharding_report)
 from tenfold.train import sequence_parallel
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training, mixed_precision
@@ -100,9 +99,7 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
 
     A run already finished there with the same recipe is returned as it is; overwrite=True trains from step 0.
     """
-    # accelerate keeps one precision per process; a second train() (a notebook, the tests) may want another.
-    # The process group (PartialState) stays.
-    AcceleratorState._reset_state()
+    reset_accelerator_state()  # a second train() in this process may want another precision
     accelerator = make_accelerator(mixed_precision(recipe))
     if accelerator.distributed_type == DistributedType.DEEPSPEED and recipe.train.save_every:
         raise ValueError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
@@ -125,9 +122,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
     """Seeds, data and its batch plan, the model with the new RoPE base, optimizer and schedule, and the
     state of the last checkpoint in out, if any."""
     t = recipe.train
-    torch.manual_seed(t.seed)
-    random.seed(t.seed)
-    np.random.seed(t.seed)
+    set_seed(t.seed)  # Python's, numpy's and torch's generators (every device's)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     with accelerator.main_process_first():
         rows, data_counts = encode_files(recipe, tokenizer, out)

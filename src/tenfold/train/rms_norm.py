@@ -58,7 +58,9 @@ def computes_llama_rms_norm(module: nn.Module) -> bool:
     """An RMSNorm whose forward is Llama's, compiled to the same bytecode (Mistral, Qwen2/3, Phi-3, ...).
 
     The class name alone would also take Gemma's (x * (1 + weight)) and OLMo-2's (weight applied before
-    the downcast), which compute something else.
+    the downcast), which compute something else. Reading the compiled code of transformers' LlamaRMSNorm.forward
+    relies on its implementation, not its API: this is the only place that does, and tests/test_rms_norm.py
+    fails if that forward changes (bitwise outputs of the lean norm against it, which norms are patched).
     """
     cls = type(module)
     if not cls.__name__.endswith("RMSNorm") or not isinstance(getattr(module, "weight", None), torch.Tensor):

@@ -20,8 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_to_all_single
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface
 
 ATTENTION = "tenfold_ulysses"
 _group: dist.ProcessGroup | None = None  # this process's sequence-parallel group
