@@ -10,7 +10,8 @@ class FakeBackend(Backend):
     """Answers each prompt with `answer(prompt)`, or, without `answer`, with `inner`'s generation (a real
     backend, whose tokenizer, max_length, batch_size, name, description and identity it takes unless given;
     without one: 4096 tokens, batches of 8, prompts counted in words without a tokenizer). `calls` holds
-    every generate call; the call after `die_after` calls raises KeyboardInterrupt, as a killed run."""
+    every generate call (its arguments by name); the call after `die_after` calls raises KeyboardInterrupt,
+    as a killed run."""
 
     def __init__(self, answer=None, inner: Backend | None = None, tokenizer=None, max_length: int | None = None,
                  batch_size: int | None = None, name: str | None = None, die_after: int | None = None):
@@ -25,14 +26,14 @@ class FakeBackend(Backend):
     def prompts(self) -> list[str]:
         return [prompt for call in self.calls for prompt in call["prompts"]]
 
-    def generate(self, prompts, max_new_tokens, chat=True, answer_prefix=""):
+    def generate(self, prompts, max_new_tokens, chat=True, answer_prefix="", controls=None):
         if self.die_after is not None and len(self.calls) >= self.die_after:
             raise KeyboardInterrupt
         self.calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "chat": chat,
-                           "answer_prefix": answer_prefix})
+                           "answer_prefix": answer_prefix, "controls": controls})
         if self.answer is not None:
             return [self.answer(prompt) for prompt in prompts]
-        return self.inner.generate(prompts, max_new_tokens, chat, answer_prefix)
+        return self.inner.generate(prompts, max_new_tokens, chat, answer_prefix, controls)
 
     def prompt_length(self, prompt, chat=True, answer_prefix=""):
         if self.inner is not None:

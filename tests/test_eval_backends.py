@@ -1,12 +1,18 @@
 import copy
+import sys
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tokenizers import processors
 
 from fake_openai import FakeServer
+from fakes import FakeBackend
 from tenfold.errors import UserError
-from tenfold.generation import MISSING_KEY, load_backend, openai_client, render_prompt, stop_token_ids
+from tenfold.eval.runner import claim_predictions, run_cases
+from tenfold.generation import (MISSING_KEY, GenerationControls, VLLMBackend, cut_at_stop, load_backend, openai_client,
+                                render_prompt, stop_token_ids)
 from tenfold.recipe import load_recipe
 from tenfold.rope import rotary_inv_freq
 from tenfold.train.loop import train
@@ -35,20 +41,81 @@ def test_stop_tokens_include_any_templates_end_of_turn_token():
     assert tokenizer.convert_tokens_to_ids("<turn-over>") in stop_token_ids(tokenizer)
 
 
+@contextmanager
+def biased_head(backend, biases: dict[int, float], weights: bool = True):
+    """The backend's model with `biases` added to its logits (and, weights=False, nothing else)."""
+    lm_head = backend.model.lm_head
+    biased = torch.nn.Linear(lm_head.in_features, lm_head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(lm_head.weight if weights else torch.zeros_like(lm_head.weight))
+        biased.bias.zero_()
+        for token, bias in biases.items():
+            biased.bias[token] = bias
+    backend.model.lm_head = biased
+    try:
+        yield backend
+    finally:
+        backend.model.lm_head = lm_head
+
+
 def test_generation_stops_at_end_of_text_though_the_eos_is_eot(tiny_backend):
     end_of_text = tiny_backend.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
-    lm_head = tiny_backend.model.lm_head
-    forced = torch.nn.Linear(lm_head.in_features, lm_head.out_features, bias=True)
-    with torch.no_grad():
-        forced.weight.zero_()
-        forced.bias.zero_()
-        forced.bias[end_of_text] = 100.0  # the model now always says <|end_of_text|>
-    tiny_backend.model.lm_head = forced
-    try:
+    with biased_head(tiny_backend, {end_of_text: 100.0}, weights=False):  # it always says <|end_of_text|>
         assert tiny_backend.generate_ids(["what is the number of anna ?"], max_new_tokens=8) == [[end_of_text]]
         assert tiny_backend.generate(["what is the number of anna ?", "hi"], max_new_tokens=8) == ["", ""]
-    finally:
-        tiny_backend.model.lm_head = lm_head
+        # forbidden as the first token, it is the second
+        controls = GenerationControls(suppress_first_end=True)
+        (first, end), = tiny_backend.generate_ids(["what is the number of anna ?"], 8, controls=controls)
+        assert first not in tiny_backend.stop_ids and end == end_of_text
+
+
+PROMPTS = ["day 3 : the red fox paints two blue doors .", "hi", "what is the number of anna ?", "the green owl",
+           "day 9 : the gold hen hides one cup . day 10 :", "x"]
+
+
+def test_a_stop_string_cuts_the_output_exactly_where_cutting_the_uncontrolled_output_does(tiny_backend):
+    tok = tiny_backend.tokenizer
+    newline = tok.convert_tokens_to_ids("Ċ")
+    with biased_head(tiny_backend, {newline: 0.24}):  # the random model now writes "\n" here and there
+        free = tiny_backend.generate_ids(PROMPTS, 24)
+        texts = [tok.decode(ids, skip_special_tokens=True) for ids in free]
+        assert sum(text.find("\n") > 0 for text in texts) >= 3  # the case: "\n" after a few tokens
+        controls = GenerationControls(stop="\n")
+        assert tiny_backend.generate(PROMPTS, 24, controls=controls) == [text.split("\n")[0] for text in texts]
+        stopped = tiny_backend.generate_ids(PROMPTS, 24, controls=controls)
+        for text, ids, cut in zip(texts, free, stopped):  # the ids up to the token that writes the "\n"
+            assert cut == ids if "\n" not in text else cut == ids[:len(cut)] and "\n" in tok.decode(cut[-1:])
+        steps = []  # generation itself stops there: one forward pass per token it made
+        hook = tiny_backend.model.lm_head.register_forward_hook(lambda *_: steps.append(1))
+        try:
+            (cut,) = tiny_backend.generate_ids(PROMPTS[2:3], 24, controls=controls)
+        finally:
+            hook.remove()
+        assert len(steps) == len(cut) < 24
+    # stop strings that start or end inside a token, several at once
+    texts = tiny_backend.generate(PROMPTS, 24)
+    stop = (texts[0][5:8], texts[2][3:5], texts[4][9:12])
+    assert tiny_backend.generate(PROMPTS, 24, controls=GenerationControls(stop=stop)) == \
+        [cut_at_stop(text, stop) for text in texts] != texts
+
+
+def test_first_token_suppression_bans_a_token_at_the_first_position_only(tiny_backend):
+    tok = tiny_backend.tokenizer
+    free = tiny_backend.generate_ids(PROMPTS, 8)
+    greedy_first = free[1][0]  # X, the first token of "hi"'s answer
+    assert greedy_first in free[1][1:]  # and a later one too
+    controls = GenerationControls(suppress_first=tok.decode([greedy_first]))
+    banned = tiny_backend.first_token_ban(controls)
+    assert greedy_first in banned and not set(banned) & set(tiny_backend.stop_ids)
+    held = tiny_backend.generate_ids(PROMPTS, 8, controls=controls)
+    logprobs = tiny_backend.next_token_logprobs(PROMPTS)
+    logprobs[:, banned] = -float("inf")
+    assert [row[0] for row in held] == logprobs.argmax(-1).tolist()  # the best token that is not banned
+    for before, after in zip(free, held):
+        assert after[0] not in banned and (after == before) == (before[0] not in banned)
+    assert any(token in banned for row in held for token in row[1:])  # later tokens may be X again
+    with pytest.raises(ValueError, match="reads"):
+        tiny_backend.first_token_ban(GenerationControls(suppress_first="no token reads this"))
 
 
 def test_chat_prompt_has_exactly_one_bos_and_raw_prompt_keeps_the_tokenizers_own(tiny_backend):
@@ -143,6 +210,84 @@ def test_every_openai_client_reads_its_key_from_the_named_variable_and_has_one_d
     load_backend("m", backend="openai", api_key_env="TENFOLD_TEST_KEY").generate(["q"], 2)
     assert served.authorizations == {f"Bearer {MISSING_KEY}", "Bearer sk-from-the-environment"}
     assert openai_client(api_key_env="TENFOLD_TEST_KEY", asynchronous=True).base_url == served.url + "/"
+
+
+def fake_vllm(tiny_model_dir):
+    """The part of vLLM's offline API that VLLMBackend uses, as vLLM documents it, over transformers: greedy,
+    one token at a time; `logit_bias` added to the logits; a stop token kept in token_ids, a stop string in
+    token_ids but left out of text. It checks the backend's use of that API, not vLLM itself."""
+    from transformers import AutoModelForCausalLM
+
+    from tenfold.models import load_tokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), load_tokenizer(str(tiny_model_dir))
+
+    def generate(prompts, params, use_tqdm=False):  # noqa: ARG001
+        outputs = []
+        for prompt in prompts:
+            ids, new, stop = prompt["prompt_token_ids"], [], params.stop or []
+            while len(new) < params.max_tokens:
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids + new])).logits[0, -1]
+                for token, bias in (params.logit_bias or {}).items():
+                    logits[token] += bias
+                new.append(int(logits.argmax()))
+                text = tok.decode(new, skip_special_tokens=True)
+                if new[-1] in (params.stop_token_ids or []) or any(s in text for s in stop):
+                    break
+            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(text=cut_at_stop(text, tuple(stop)),
+                                                                    token_ids=tuple(new))]))
+        return outputs
+
+    def llm(model, tokenizer, max_model_len, hf_overrides):  # noqa: ARG001 (what VLLMBackend passes)
+        config = SimpleNamespace(max_model_len=max_model_len or 256)
+        return SimpleNamespace(generate=generate, llm_engine=SimpleNamespace(model_config=config))
+
+    defaults = dict(stop=None, stop_token_ids=None, logit_bias=None)
+    return SimpleNamespace(LLM=llm, SamplingParams=lambda **kw: SimpleNamespace(**{**defaults, **kw}),
+                           TokensPrompt=lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids})
+
+
+def test_vllm_backend_applies_the_controls_as_the_transformers_backend_does(tiny_model_dir, tiny_backend,
+                                                                           monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(tiny_model_dir))
+    vllm, prompts = VLLMBackend(str(tiny_model_dir)), PROMPTS[:4]
+    texts = tiny_backend.generate(prompts, 10)
+    first = tiny_backend.tokenizer.decode(tiny_backend.generate_ids(prompts[1:2], 1)[0])  # "hi"'s first token
+    for controls in (None, GenerationControls(stop=(texts[0][5:8], texts[2][3:5])),
+                     GenerationControls(suppress_first=first),
+                     GenerationControls(stop=texts[1][4:6], suppress_first=first, suppress_first_end=True)):
+        assert vllm.generate(prompts, 10, controls=controls) == tiny_backend.generate(prompts, 10, controls=controls)
+    ends = GenerationControls(suppress_first_end=True)
+    assert vllm.generate(prompts, 1, controls=ends) == tiny_backend.generate(prompts, 1, controls=ends)
+
+
+def test_openai_backend_sends_stop_strings_and_refuses_a_first_token_ban(served):
+    backend = load_backend("served-model", backend="openai", base_url=served.url)
+    served.answer = lambda _: "first line\nsecond"  # a server that sends the stop string back
+    assert backend.generate(["q"], 5, controls=GenerationControls(stop="\n")) == ["first line"]
+    assert served.requests[-1][1]["stop"] == ["\n"]
+    with pytest.raises(UserError, match="first token"):
+        backend.generate(["q"], 5, controls=GenerationControls(suppress_first="\n"))
+    with pytest.raises(UserError, match="first token"):
+        backend.generate(["q"], 5, controls=GenerationControls(suppress_first_end=True))
+    with pytest.raises(UserError, match="at most 4"):
+        backend.generate(["q"], 5, controls=GenerationControls(stop=tuple("abcde")))
+    assert len(served.requests) == 1  # refused before asking
+
+
+def test_generation_controls_are_part_of_the_prediction_key(tmp_path):
+    fake, path = FakeBackend(lambda prompt: prompt.upper()), tmp_path / "bench.predictions.jsonl"
+    one_line = GenerationControls(stop="\n", suppress_first_end=True)
+    key = claim_predictions(fake, path, {"controls": {"trec": one_line}})
+    assert key["settings"]["controls"]["trec"] == {"stop": ["\n"], "suppress_first": [], "suppress_first_end": True}
+    run_cases(fake, [{"id": "a", "prompt": "x"}], path, 4, lambda *_: {}, controls=one_line)
+    assert fake.calls[0]["controls"] == one_line
+    claim_predictions(fake, path, {"controls": {"trec": one_line}})  # the same controls: it resumes
+    with pytest.raises(ValueError, match="made otherwise.*suppress_first_end True -> False"):
+        claim_predictions(fake, path, {"controls": {"trec": GenerationControls(stop="\n")}})
+    with pytest.raises(ValueError, match="non-empty strings"):
+        GenerationControls(stop=["\n", ""])
 
 
 def test_a_length_beyond_free_memory_is_refused_before_any_work(tiny_backend, tmp_path):

@@ -2,12 +2,12 @@
 one OpenAI client.
 
 Every benchmark talks to one `Backend`: `generate` (greedy, stops at every end token the chat
-template uses, returns the completions only) and, for the transformers backend,
-`next_token_logprobs` (MMLU). `load_backend` accepts a model directory, a hub id, `tenfold/<name>`, a
-GGUF file or the output of `tenfold train` (base + adapter, unmerged), and can override the RoPE base in
-memory so a training-free extension is measured with the same code as a trained one. synth's local
-generator is a TransformersBackend too, and synth, eval and the needle judge make their OpenAI clients
-with `openai_client`.
+template uses, returns the completions only; a task's `GenerationControls` add stop strings and forbid
+tokens as the first one) and, for the transformers backend, `next_token_logprobs` (MMLU).
+`load_backend` accepts a model directory, a hub id, `tenfold/<name>`, a GGUF file or the output of
+`tenfold train` (base + adapter, unmerged), and can override the RoPE base in memory so a training-free
+extension is measured with the same code as a trained one. synth's local generator is a TransformersBackend
+too, and synth, eval and the needle judge make their OpenAI clients with `openai_client`.
 
 torch and openai are imported where used: synth's OpenAI generator builds its client here and starts
 without the seconds torch takes.
@@ -15,11 +15,14 @@ without the seconds torch takes.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tenfold.errors import UserError
 from tenfold.io import file_sha256
 from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
                             resolve_model_path)
@@ -35,6 +38,8 @@ END_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|en
               "<|end|>", "</s>")
 
 
+OPENAI_MAX_STOP = 4  # stop strings OpenAI's API takes per request
+
 # The key sent when the environment holds none: local servers (vLLM, llama.cpp, `transformers serve`) take
 # any key, and "EMPTY" is the one vLLM's documentation uses.
 MISSING_KEY = "EMPTY"
@@ -49,8 +54,6 @@ def openai_client(base_url: str | None = None, api_key_env: str = "OPENAI_API_KE
     `options` go to the client (max_retries, timeout, http_client...).
     """
     import openai
-
-    from tenfold.errors import UserError
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
     key = os.environ.get(api_key_env)
@@ -90,16 +93,78 @@ def render_prompt(tokenizer, prompt: str, chat: bool, answer_prefix: str = "") -
     return list(tokenizer(text, add_special_tokens=not has_bos)["input_ids"]) + prefix
 
 
+@dataclass(frozen=True)
+class GenerationControls:
+    """A task's rules for its answers (LongBench sets them per dataset); the defaults change nothing.
+
+    stop: more stop strings: an answer ends before the first one (left out, as OpenAI's and vLLM's `stop`
+      leave it), exactly as if the text generated without it were cut there.
+    suppress_first: the first generated token may not be one of these texts (transformers'
+      `begin_suppress_tokens`): each text bans every token of the vocabulary that reads as exactly it,
+      for the first token only; later tokens may be any.
+    suppress_first_end: nor may the first token be an end token (no empty answer).
+    A benchmark that uses controls puts them in the settings its predictions are keyed on (claim_predictions).
+    """
+
+    stop: tuple[str, ...] = ()
+    suppress_first: tuple[str, ...] = ()
+    suppress_first_end: bool = False
+
+    def __post_init__(self):
+        for field in ("stop", "suppress_first"):
+            value = getattr(self, field)
+            texts = (value,) if isinstance(value, str) else tuple(value)
+            if not all(isinstance(text, str) and text for text in texts):
+                raise ValueError(f"GenerationControls.{field}: give non-empty strings, not {value!r}")
+            object.__setattr__(self, field, texts)
+
+    @property
+    def suppresses(self) -> bool:
+        return bool(self.suppress_first) or self.suppress_first_end
+
+
+NO_CONTROLS = GenerationControls()
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first occurrence of any stop string."""
+    return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+
+
+def tokens_reading(tokenizer, texts: tuple[str, ...]) -> list[int]:
+    """Every token id whose text alone is one of `texts` ("\n" is one token in Llama-3, "<0x0A>" in Llama-2)."""
+    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    ids = [i for i, text in enumerate(vocab) if text in texts]
+    missing = set(texts) - {vocab[i] for i in ids}
+    if missing:
+        raise UserError(f"suppress_first: no token of {tokenizer.name_or_path} reads {sorted(missing)!r} alone; "
+                        f"give texts of single tokens")
+    return ids
+
+
 class Backend:
     """What a benchmark needs from a model. `tokenizer` counts and cuts text in the model's tokens."""
 
     tokenizer = None
     max_length: int | None = None
     name: str = ""
+    stop_ids: list[int] = []
 
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                 answer_prefix: str | list[str] = "") -> list[str]:
+                 answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
         raise NotImplementedError
+
+    def first_token_ban(self, controls: GenerationControls) -> list[int]:
+        """The token ids `controls` forbid as the first generated token (looked up once per controls)."""
+        if not controls.suppresses:
+            return []
+        cache = self.__dict__.setdefault("_first_token_bans", {})
+        if controls not in cache:
+            banned = set(self.stop_ids) if controls.suppress_first_end else set()
+            if controls.suppress_first:
+                banned.update(tokens_reading(self.tokenizer, controls.suppress_first))
+            cache[controls] = sorted(banned)
+        return cache[controls]
 
     def next_token_logprobs(self, prompts: list[str], chat: bool = True) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} gives no token scores; use the transformers backend")
@@ -205,15 +270,28 @@ class TransformersBackend(Backend):
         return ids, mask
 
     def generate_ids(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                     answer_prefix: str | list[str] = "", temperature: float = 0.0) -> list[list[int]]:
+                     answer_prefix: str | list[str] = "", controls: GenerationControls | None = None,
+                     temperature: float = 0.0) -> list[list[int]]:
         """New token ids per prompt, cut after the first stop token (which is kept). Greedy; temperature > 0
-        samples instead (synth), with the model's own generation config for top-p and top-k."""
+        samples instead (synth), with the model's own generation config for top-p and top-k.
+
+        Under `controls`: a stop string ends a prompt's ids at the token that completes it (`generate` cuts
+        its text before the stop string), and the first token is none of those they forbid."""
         import torch
 
+        controls = controls or NO_CONTROLS
         prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
         encoded = [render_prompt(self.tokenizer, p, chat, a) for p, a in zip(prompts, prefixes)]
         decoding = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        # transformers' own: StopStringCriteria (a stop string may also end in a token that runs past it; it
+        # matches the end of prompt + answer, so a stop string of several characters that begins in the
+        # prompt's last ones also ends the answer) and SuppressTokensAtBeginLogitsProcessor, from the first
+        # generated position (left padding: the same for every row)
+        if controls.stop:
+            decoding.update(stop_strings=list(controls.stop), tokenizer=self.tokenizer)
+        if controls.suppresses:
+            decoding["begin_suppress_tokens"] = self.first_token_ban(controls)
         outputs: list[list[int]] = [[] for _ in prompts]
         for batch in self._batches(encoded, max_new_tokens):
             ids, mask = self._pad([encoded[i] for i in batch])
@@ -224,13 +302,25 @@ class TransformersBackend(Backend):
                 )[:, ids.shape[1]:].tolist()
             for i, row in zip(batch, generated):
                 stop = next((t for t, token in enumerate(row) if token in self.stop_ids), None)
-                outputs[i] = row if stop is None else row[:stop + 1]
+                outputs[i] = self._cut_at_stop_string(row if stop is None else row[:stop + 1], controls.stop)
         return outputs
 
+    def _cut_at_stop_string(self, row: list[int], stop: tuple[str, ...]) -> list[int]:
+        """The row up to the token that completes the first stop string (a row that stopped there is padded
+        out to the batch's length): the shortest prefix whose text holds one, found by bisection."""
+        def holds_stop(length: int) -> bool:
+            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            return any(s in text for s in stop)
+
+        if not stop or not holds_stop(len(row)):
+            return row
+        return row[:bisect.bisect_left(range(len(row) + 1), True, key=holds_stop)]
+
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                 answer_prefix: str | list[str] = "") -> list[str]:
-        return [self.tokenizer.decode(row, skip_special_tokens=True)
-                for row in self.generate_ids(prompts, max_new_tokens, chat, answer_prefix)]
+                 answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
+        stop = (controls or NO_CONTROLS).stop
+        return [cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
+                for row in self.generate_ids(prompts, max_new_tokens, chat, answer_prefix, controls)]
 
     def next_token_logprobs(self, prompts: list[str], chat: bool = True) -> torch.Tensor:
         import torch
@@ -268,20 +358,32 @@ class OpenAIBackend(Backend):
         return len(self.tokenizer(prompt + answer_prefix, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                 answer_prefix: str | list[str] = "") -> list[str]:
+                 answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
+        """One request per prompt. Of the controls only stop strings pass: OpenAI's API takes at most
+        OPENAI_MAX_STOP, and nothing there bans a token for the first position only (`logit_bias` bans it
+        everywhere, in the served model's token ids), so first-token suppression is refused, not imitated."""
+        controls = controls or NO_CONTROLS
+        if controls.suppresses:
+            raise UserError(f"{self.name}: an OpenAI-compatible API cannot forbid a first token only "
+                            f"(suppress_first, suppress_first_end); run this task with --backend transformers "
+                            f"or vllm")
+        if len(controls.stop) > OPENAI_MAX_STOP:
+            raise UserError(f"{self.name}: OpenAI's API takes at most {OPENAI_MAX_STOP} stop strings, this task "
+                            f"has {len(controls.stop)}; run it with --backend transformers or vllm")
+        options = {"model": self.name, "temperature": 0, "max_tokens": max_new_tokens}
+        if controls.stop:
+            options["stop"] = list(controls.stop)
         completions = []  # an API cannot start the answer for the model: the answer prefix ends the prompt
         prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
         for prompt in (p + a for p, a in zip(prompts, prefixes)):
             if chat:
                 messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + \
                            [{"role": "user", "content": prompt}]
-                reply = self.client.chat.completions.create(model=self.name, messages=messages, temperature=0,
-                                                            max_tokens=max_new_tokens)
-                completions.append(reply.choices[0].message.content or "")
+                reply = self.client.chat.completions.create(messages=messages, **options)
+                text = reply.choices[0].message.content or ""
             else:
-                reply = self.client.completions.create(model=self.name, prompt=prompt, temperature=0,
-                                                       max_tokens=max_new_tokens)
-                completions.append(reply.choices[0].text or "")
+                text = self.client.completions.create(prompt=prompt, **options).choices[0].text or ""
+            completions.append(cut_at_stop(text, controls.stop))  # a server that sends the stop string back
         return completions
 
 
@@ -308,13 +410,37 @@ class VLLMBackend(Backend):
         return {"kind": "vllm", **model_identity(self.name), "rope_theta": self.rope_theta}
 
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
-                 answer_prefix: str | list[str] = "") -> list[str]:
+                 answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
+        """Greedy, with SamplingParams' own stop strings. A first-token ban: vLLM's logits processors are
+        engine-wide (V1), so the first token is generated alone under a logit bias that bans the tokens, and the
+        rest from the prompt plus that token (a second prefill, mostly from vLLM's prefix cache).
+        Written against vLLM's documented SamplingParams and untested here (no vLLM, no GPU)."""
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        controls = controls or NO_CONTROLS
         prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
-        inputs = [TokensPrompt(prompt_token_ids=render_prompt(self.tokenizer, p, chat, a)) for p, a in zip(prompts, prefixes)]
-        return [out.outputs[0].text for out in self.llm.generate(inputs, params, use_tqdm=False)]
+        encoded = [render_prompt(self.tokenizer, p, chat, a) for p, a in zip(prompts, prefixes)]
+        stop = {"stop": list(controls.stop)} if controls.stop else {}
+        if not controls.suppresses:
+            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids, **stop)
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params,
+                                        use_tqdm=False)
+            return [cut_at_stop(out.outputs[0].text, controls.stop) for out in outputs]
+        # -100: OpenAI's "ban" bias, which vLLM's server clamps to; far beyond any gap between two logits
+        ban = {token: -100.0 for token in self.first_token_ban(controls)}
+        first = SamplingParams(temperature=0.0, max_tokens=1, logit_bias=ban)
+        firsts = [out.outputs[0].token_ids[0] for out in self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in encoded], first, use_tqdm=False)]
+        rows = [[token] for token in firsts]
+        todo = [i for i, token in enumerate(firsts) if token not in self.stop_ids and max_new_tokens > 1]
+        if todo:
+            rest = SamplingParams(temperature=0.0, max_tokens=max_new_tokens - 1, stop_token_ids=self.stop_ids, **stop)
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i] + rows[i]) for i in todo], rest,
+                                        use_tqdm=False)
+            for i, out in zip(todo, outputs):
+                rows[i] += list(out.outputs[0].token_ids)
+        # the stop strings again: one may straddle the first token and the rest
+        return [cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), controls.stop) for row in rows]
 
 
 BACKENDS = {"transformers": TransformersBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}

@@ -7,18 +7,21 @@ again re-runs no finished case. Cases of similar length are batched together (le
 is what makes a needle grid several times faster than one generate call per cell.
 
 Resuming is keyed: `claim_predictions` stores what makes the predictions (the backend's identity and
-the benchmark's settings) in `<name>.key.json` beside them, and refuses a folder whose predictions
-were made otherwise, unless told to discard them (`overwrite=True`, `--overwrite`).
+the benchmark's settings, the generation controls of its tasks among them) in `<name>.key.json` beside
+them, and refuses a folder whose predictions were made otherwise, unless told to discard them
+(`overwrite=True`, `--overwrite`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
+from tenfold.generation import GenerationControls
 from tenfold.io import AppendLog, write_atomic
 
 
@@ -84,13 +87,17 @@ def claim_predictions(backend, predictions_path: str | Path, settings: dict, ove
 
     The key goes to `<name>.key.json` beside the predictions. Predictions made with another key, or from
     before keys (no key file), are refused with a ValueError unless `overwrite`, which deletes them.
-    Same key: nothing happens and `run_cases` resumes. Returns the key.
+    Same key: nothing happens and `run_cases` resumes. Returns the key. Settings may hold dataclasses
+    (GenerationControls: whatever `run_cases` is given as controls belongs here too).
     """
+    def plain(value):
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value)
+
     path = Path(predictions_path)
     name = path.name.removesuffix(".predictions.jsonl")
     key_path = path.with_name(f"{name}.key.json")
     key = {"benchmark": name, "backend": backend_identity(backend), "settings": settings}
-    key = json.loads(json.dumps(key, default=str))  # as it reads back from the file
+    key = json.loads(json.dumps(key, default=plain))  # as it reads back from the file
     held = path.is_file() and path.stat().st_size > 0
     old = json.loads(key_path.read_text()) if key_path.is_file() else None
     fix = "pass --overwrite (overwrite=True) to discard them, or choose another --output-dir"
@@ -131,19 +138,19 @@ def resume_cases(cases: list[dict], predictions_path: str | Path, predict: Calla
 
 
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,
-              score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval") -> list[dict]:
+              score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval",
+              controls: GenerationControls | None = None) -> list[dict]:
     """Generate and score every case not yet in predictions_path; returns all records in case order.
 
     A case may carry an "answer_prefix": text placed after the chat template, starting the answer.
+    `controls` (stop strings, first-token bans) hold for every case of this call: a benchmark with rules per
+    dataset calls once per dataset, and keys its predictions on them (claim_predictions' settings).
     A record is the case without its prompt, plus "prediction" and what `score` returns.
     """
     def predict(batch: list[dict]) -> list[dict]:
         prompts = [case["prompt"] for case in batch]
-        if any("answer_prefix" in case for case in batch):  # text that starts the answer (RULER)
-            prefixes = [case.get("answer_prefix", "") for case in batch]
-            predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes)
-        else:
-            predictions = backend.generate(prompts, max_new_tokens, chat=chat)
+        prefixes = [case.get("answer_prefix", "") for case in batch]  # text that starts the answer (RULER)
+        predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes, controls=controls)
         return [{**{k: v for k, v in case.items() if k != "prompt"}, "prediction": prediction,
                  **score(case, prediction)} for case, prediction in zip(batch, predictions)]
 
