@@ -120,10 +120,11 @@ def test_paper_repeats_a_haystack_with_fewer_words_than_the_length(backend):
     encode = encoder(tok)
     prefix, needle, question = encode(preset.prefix), encode(preset.needle), encode(preset.question)
     fixed = len(prefix) + len(needle) + len(question)
-    short = "One two three. Four five six."  # 6 words: the text repeated ceil(400 / 6) times, then cut
+    short = "one two three. four five six "  # 6 words: the text repeated ceil(400 / 6) times, then cut
     [(position, ids)] = paper_prompt_ids(tok, short, 400, [0], preset)
-    body = encode(short * 67)[:400 - fixed]
-    assert len(encode(short)) < len(body) and ids == prefix + body[:position] + needle + body[position:] + question
+    body = encode(short * 67)[:400 - fixed]  # "six one": repeated as text, not as tokens ("six ", "one")
+    assert body != (encode(short) * 67)[:len(body)]
+    assert ids == prefix + body[:position] + needle + body[position:] + question
     with pytest.raises(ValueError, match="no room"):
         paper_prompt_ids(tok, short, fixed, [0], preset)
 
