@@ -48,7 +48,8 @@ DIR_RUN = {"lengths": [300, 517, 1000], "depths": [0, 11, 50, 77, 100]}
 FILE_RUN = {"lengths": [250, 400], "depths": [0, 33, 100]}
 WORDS = ["the", "essay", "startup", "founders", "Paris", "river", "said", "went", "to", "of", "and", "in", "is",
          "was", "1984", "42", "résumé", "naïve", "Zürich", "—", "it's", "U.S.", "e.g.", "(see", "below)",
-         "“quoted”", "data,", "end.", "Why?", "yes!", "東京", "emoji🙂", "a", "hamburg", "Dolores", "Park."]
+         "“quoted”", "data,", "end.", "Why?", "yes!", "東京", "emoji🙂", "a", "hamburg", "Dolores", "Park.",
+         ".", ",", "'s", "n't", "?", "'re"]  # the last six: what the decode's space clean-up rewrites
 PREDICTIONS = [
     "The best thing to do in San Francisco is sitting in Dolores Park and eating a hamburg on a sunny day.",
     "\n\nThe best thing to do in San Francisco is sitting in Dolores Park and eating a hamburg on a sunny day.\n\n",
@@ -94,14 +95,23 @@ def ids_sha256(ids: list[int]) -> str:
 
 
 class DecodeSpy:
-    """The tokenizer, recording the ids of every decode."""
+    """The tokenizer, recording the ids of every decode, which it does as transformers 4.35.1 did.
+
+    The paper's needle runs used transformers 4.35.1, whose decode applied the tokenizer's
+    clean_up_tokenization (" ." -> ".", ...) when its config asked for it or said nothing (default True),
+    BPE tokenizers included; transformers 5 skips it for BPE. tiny-llama's tokenizer files cannot be
+    loaded by 4.35.1, so that one rule is kept here; the clean-up itself is transformers' own function."""
 
     def __init__(self, tokenizer):
         self.tokenizer, self.decoded = tokenizer, []
 
-    def decode(self, ids, *args, **kwargs):
+    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
         self.decoded.append(list(ids))
-        return self.tokenizer.decode(ids, *args, **kwargs)
+        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=False, **kwargs)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True)
+        return self.tokenizer.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def __call__(self, *args, **kwargs):
         return self.tokenizer(*args, **kwargs)

@@ -8,7 +8,8 @@ For every (length, depth) cell: hide the needle in `length` tokens (the model's 
   budget; the haystack cut at the head to `length - prefix - needle - question` tokens and the needle put at
   the raw token position prefix + round((length - question - needle - 1 - prefix) * depth / 100) of it (no
   sentence snapping; the offset counts the prefix, so depth 0 is a few tokens in and depth 100 the end);
-  one decode of the whole id list; the haystack text repeated when it has fewer words than `length`.
+  one decode of the whole id list, with the space clean-up transformers 4.35.1 applied (paper_decode); the
+  haystack text repeated when it has fewer words than `length`.
   Grid: the published figure's 20 lengths, numpy.linspace(8000, 128000, 20) truncated to integers, and
   depths 0, 11, ..., 100; 50 new tokens. Scorer "paper-rouge" (the code's default): ROUGE-L F1 of the
   `rouge` package against the whole needle string; "judge": the LangChain labeled_score_string judge the
@@ -59,6 +60,7 @@ class NeedlePreset:
     judge_question: str  # what the judge is told was asked, and its reference
     judge_reference: str
     buffer: int = 0  # "original": tokens kept free within each length (room for the question and answer)
+    clean_up_spaces: str = "tokenizer"  # "paper": the decode's space clean-up: "tokenizer" (see paper_decode), yes, no
     training_length: int | None = None  # marked on the heatmap; by default the model's own (see model_lengths)
 
 
@@ -138,6 +140,20 @@ def paper_prompt_ids(tokenizer, haystack_text: str, length: int, depths: list[fl
     return prompts
 
 
+def paper_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer") -> str:
+    """`tokenizer.decode(ids)` as the paper's code ran it, under transformers 4.35.1: that cleaned up
+    tokenization spaces (" ." -> ".", " 's" -> "'s", ...) whenever the tokenizer's config said so or said
+    nothing (its default was True), BPE tokenizers included. transformers 5 skips the clean-up for BPE
+    tokenizers, so tenfold applies it itself. Llama-3's config says true (the paper's runs); "yes" or "no"
+    overrides the config (a newer copy of a model's config may say otherwise)."""
+    if clean_up_spaces not in ("tokenizer", "yes", "no"):
+        raise ValueError(f"needle: clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
+    text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    clean = clean_up_spaces == "yes" or (
+        clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
+    return tokenizer.clean_up_tokenization(text) if clean else text
+
+
 def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dict]:
     """One prompt per (length, depth) cell, by the preset's construction."""
     if preset.construction == "paper":
@@ -146,7 +162,8 @@ def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dic
             for depth, (position, ids) in zip(preset.depths, paper_prompt_ids(tokenizer, haystack_text, length,
                                                                              preset.depths, preset, encoded)):
                 cases.append({"id": f"L{length}-D{depth:g}", "length": length, "depth": depth,
-                              "needle_position": position, "prompt": tokenizer.decode(ids)})
+                              "needle_position": position,
+                              "prompt": paper_decode(tokenizer, ids, preset.clean_up_spaces)})
         return cases
     return original_cases(tokenizer, haystack_text, preset)
 
