@@ -151,6 +151,34 @@ def test_paper_decode_cleans_up_spaces_as_transformers_4_did(backend, monkeypatc
         paper_decode(tok, ids, "maybe")
 
 
+class Fixed:
+    """A backend that answers every prompt with the same text."""
+
+    def __init__(self, backend, answer: str):
+        self.tokenizer, self.max_length, self.name, self.batch_size = backend.tokenizer, 4096, "fixed", 8
+        self.answer, self.inner = answer, backend
+
+    def prompt_length(self, prompt, chat=True):
+        return self.inner.prompt_length(prompt, chat)
+
+    def describe(self):
+        return {"model": "fixed"}
+
+    def generate(self, prompts, *_args, **_kwargs):
+        return [self.answer for _ in prompts]
+
+
+def test_paper_scores_the_prediction_as_its_batch_decode_gave_it(backend, tmp_path):
+    answer = "sitting in Dolores Park , eating a hamburg on a sunny day ."
+    run_needle(Fixed(backend, answer), tmp_path, lengths=[300], depths=[0])
+    [cell] = json.loads((tmp_path / "needle.json").read_text())
+    cleaned = "sitting in Dolores Park, eating a hamburg on a sunny day."
+    assert cell["prediction"] == answer and rouge_l_f1(cleaned, NEEDLE) != rouge_l_f1(answer, NEEDLE)
+    assert cell["score"] == rouge_l_f1(cleaned, NEEDLE)
+    run_needle(Fixed(backend, answer), tmp_path / "no", lengths=[300], depths=[0], clean_up_spaces="no")
+    assert json.loads((tmp_path / "no" / "needle.json").read_text())[0]["score"] == rouge_l_f1(answer, NEEDLE)
+
+
 def test_original_cases_put_the_needle_on_a_sentence_boundary_within_the_length(backend):
     tok = backend.tokenizer
     preset = replace(PRESETS["original"], lengths=[500, 800], depths=[0, 25, 50, 75, 100])

@@ -8,8 +8,9 @@ For every (length, depth) cell: hide the needle in `length` tokens (the model's 
   budget; the haystack cut at the head to `length - prefix - needle - question` tokens and the needle put at
   the raw token position prefix + round((length - question - needle - 1 - prefix) * depth / 100) of it (no
   sentence snapping; the offset counts the prefix, so depth 0 is a few tokens in and depth 100 the end);
-  one decode of the whole id list, with the space clean-up transformers 4.35.1 applied (paper_decode); the
-  haystack text repeated when it has fewer words than `length`.
+  one decode of the whole id list, with the space clean-up transformers 4.35.1 applied (paper_clean_up,
+  also applied to the predictions before scoring); the haystack text repeated when it has fewer words than
+  `length`.
   Grid: the published figure's 20 lengths, numpy.linspace(8000, 128000, 20) truncated to integers, and
   depths 0, 11, ..., 100; 50 new tokens. Scorer "paper-rouge" (the code's default): ROUGE-L F1 of the
   `rouge` package against the whole needle string; "judge": the LangChain labeled_score_string judge the
@@ -140,18 +141,21 @@ def paper_prompt_ids(tokenizer, haystack_text: str, length: int, depths: list[fl
     return prompts
 
 
-def paper_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer") -> str:
-    """`tokenizer.decode(ids)` as the paper's code ran it, under transformers 4.35.1: that cleaned up
-    tokenization spaces (" ." -> ".", " 's" -> "'s", ...) whenever the tokenizer's config said so or said
-    nothing (its default was True), BPE tokenizers included. transformers 5 skips the clean-up for BPE
-    tokenizers, so tenfold applies it itself. Llama-3's config says true (the paper's runs); "yes" or "no"
-    overrides the config (a newer copy of a model's config may say otherwise)."""
+def paper_clean_up(tokenizer, text: str, clean_up_spaces: str = "tokenizer") -> str:
+    """Decoded text as the paper's code got it, under transformers 4.35.1: its decode cleaned up tokenization
+    spaces (" ." -> ".", " 's" -> "'s", ...) whenever the tokenizer's config said so or said nothing (the
+    default was True), BPE tokenizers included; transformers 5 skips that for BPE tokenizers, so tenfold does
+    it here, for the prompts and for the predictions it scores. Llama-3's config says true (the paper's
+    runs); "yes" or "no" overrides the config (a newer copy of a model's config may say otherwise)."""
     if clean_up_spaces not in ("tokenizer", "yes", "no"):
         raise ValueError(f"needle: clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
-    text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
     clean = clean_up_spaces == "yes" or (
         clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
     return tokenizer.clean_up_tokenization(text) if clean else text
+
+
+def paper_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer") -> str:
+    return paper_clean_up(tokenizer, tokenizer.decode(ids, clean_up_tokenization_spaces=False), clean_up_spaces)
 
 
 def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dict]:
@@ -240,6 +244,8 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
     cases = build_cases(backend.tokenizer, haystack_text, settings)
 
     def score(_case: dict, prediction: str) -> dict:
+        if settings.construction == "paper":  # as the paper's batch_decode gave it (see paper_clean_up)
+            prediction = paper_clean_up(backend.tokenizer, prediction, settings.clean_up_spaces)
         if settings.scorer == "judge":
             value = judge(settings.judge_question, settings.judge_reference, prediction)
         elif settings.scorer == "paper-rouge":
