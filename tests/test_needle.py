@@ -223,8 +223,9 @@ def test_haystack_order_sorted_filesystem_or_a_listing(tmp_path):
     as_glob = [os.path.basename(f) for f in glob.glob(f"{tmp_path}/*.txt")]  # what the paper's code reads
     assert [f.name for f in haystack_files(tmp_path, "filesystem")] == as_glob
     listing = tmp_path / "order.list"
-    listing.write_text("long-llm/needle/PaulGrahamEssays/b.txt\nlong-llm/needle/PaulGrahamEssays/\nc.txt\na.txt\n")
-    assert read_haystack(tmp_path, order=str(listing)) == "b. c. a. "  # tar tzf lines: folders ignored
+    folder = f"long-llm/needle/{tmp_path.name}/"  # as tar tzf lists the paper's archive
+    listing.write_text(f"long-llm/README.txt\n{folder}b.txt\n{folder}\n{folder}c.txt\na.txt\n")
+    assert read_haystack(tmp_path, order=str(listing)) == "b. c. a. "  # only lines in a folder of its name
     listing.write_text("b.txt\na.txt\n")
     with pytest.raises(FileNotFoundError, match="1 present but not listed"):
         haystack_files(tmp_path, str(listing))

@@ -31,8 +31,9 @@ def haystack_files(directory: Path, order: str = "sorted") -> list[Path]:
     - "sorted": by name, the same on every machine;
     - "filesystem": as os.scandir lists them here, which is the order `glob` returns (and so what the
       paper's code and gkamradt's harness read); it depends on the filesystem and differs between machines;
-    - a path to a text file that names the files one per line, in order (folders in a line are ignored,
-      so the output of `tar tzf long-llm.tar.gz` serves): the order another machine listed them in.
+    - a path to a text file that names the files one per line, in order: the order another machine listed
+      them in. A line may carry folders; only lines in a folder named as the directory count, so the
+      output of `tar tzf long-llm.tar.gz` (whose needle/PaulGrahamEssays/ holds the paper's essays) serves.
     """
     # glob.glob, as the paper's code calls it: os.scandir's order, no hidden files
     files = [Path(f) for f in glob.glob(os.path.join(glob.escape(str(directory)), "*.txt")) if os.path.isfile(f)]
@@ -46,8 +47,9 @@ def haystack_files(directory: Path, order: str = "sorted") -> list[Path]:
     if not listing.is_file():
         raise FileNotFoundError(f"haystack order {order!r}: not 'sorted', 'filesystem' or a file listing the "
                                 f"*.txt names in order")
-    names = [Path(line.strip()).name for line in listing.read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name.endswith(".txt")]
+    lines = [Path(line.strip()) for line in listing.read_text(encoding="utf-8").splitlines()]
+    names = [line.name for line in lines  # a bare name, or one in a folder of the directory's name
+             if line.suffix == ".txt" and line.parent.name in ("", directory.name)]
     by_name = {f.name: f for f in files}
     missing, unlisted = set(names) - set(by_name), set(by_name) - set(names)
     if missing or unlisted or len(names) != len(set(names)):

