@@ -1,14 +1,26 @@
-"""Scores shared by the synthetic benchmarks: ROUGE-L recall, substring matches, the LLM judge."""
+"""Scores shared by the synthetic benchmarks: ROUGE-L (F1 and recall), substring matches, the LLM judge."""
 
 from __future__ import annotations
 
+import functools
 import re
 
+from rouge import Rouge
 from rouge_score import rouge_scorer
 
+from tenfold.errors import UserError
 from tenfold.generation import openai_client
 
 _ROUGE_L = rouge_scorer.RougeScorer(["rougeL"])  # lowercases, keeps [a-z0-9] tokens, no stemming
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """The `rouge` package's ROUGE-L F1, as the paper's needle and LongBench code score (any error, such as
+    an empty prediction, scores 0, as their bare `except` does)."""
+    try:
+        return Rouge().get_scores([prediction], [reference], avg=True)["rouge-l"]["f"]
+    except Exception:
+        return 0.0
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
@@ -26,23 +38,33 @@ def string_match_all(prediction: str, references: list[str]) -> float:
     return sum(ref.lower() in prediction.lower() for ref in references) / len(references)
 
 
-# The NIAH judge: gkamradt's accuracy criteria inside LangChain's labeled_score_string prompt.
-JUDGE_CRITERIA = (
-    "accuracy: Score 1: The answer is completely unrelated to the reference.\n"
-    "Score 3: The answer has minor relevance but does not align with the reference.\n"
-    "Score 5: The answer has moderate relevance but contains inaccuracies.\n"
-    "Score 7: The answer aligns with the reference but has minor omissions.\n"
-    "Score 10: The answer is completely accurate and aligns perfectly with the reference.\n"
-    "Only respond with a numberical score"
-)
-JUDGE_PROMPT = (
-    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
-    "assistant to the user question displayed below. For this evaluation, you should primarily consider the "
-    "following criteria:\n{criteria}\n[Ground truth]\n{reference}\nBegin your evaluation by providing a short "
-    "explanation. Be as objective as possible. After providing your explanation, you must rate the response on a "
-    "scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: \"Rating: [[5]]\".\n\n"
-    "[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{prediction}\n[The End of Assistant's Answer]"
-)
+# The needle judge's rubric: gkamradt's accuracy criteria, as his harness and the paper's eval_needle.py both
+# hand them to LangChain (a triple-quoted string: a newline, then every line indented by 16 spaces).
+JUDGE_CRITERIA = {"accuracy": "".join("\n" + " " * 16 + line for line in (
+    "Score 1: The answer is completely unrelated to the reference.",
+    "Score 3: The answer has minor relevance but does not align with the reference.",
+    "Score 5: The answer has moderate relevance but contains inaccuracies.",
+    "Score 7: The answer aligns with the reference but has minor omissions.",
+    "Score 10: The answer is completely accurate and aligns perfectly with the reference.",
+    "Only respond with a numberical score"))}  # sic, "numberical"
+
+
+@functools.lru_cache(maxsize=None)
+def labeled_score_string(criteria: tuple[tuple[str, str], ...]):
+    """LangChain's `labeled_score_string` evaluator (what load_evaluator("labeled_score_string", criteria=...,
+    llm=...) builds), on a stand-in model: the judge takes its prompt and its output parser, and sends the
+    prompt to its own endpoint. The prompt is LangChain's text, so it is read from LangChain at run time."""
+    try:
+        from langchain_classic.evaluation.scoring.eval_chain import LabeledScoreStringEvalChain
+    except ImportError:
+        try:  # langchain < 1.0 (the paper ran 0.1.x) kept the evaluators in langchain itself
+            from langchain.evaluation.scoring.eval_chain import LabeledScoreStringEvalChain
+        except ImportError:
+            raise UserError("the judge asks with LangChain's labeled_score_string prompt (the paper's and "
+                            "gkamradt's judge), read from LangChain: pip install langchain-classic") from None
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    return LabeledScoreStringEvalChain.from_llm(llm=FakeListChatModel(responses=[""]), criteria=dict(criteria))
 
 
 class Judge:
@@ -53,14 +75,16 @@ class Judge:
         self.model = model
         self.client = openai_client(base_url, api_key_env)
 
-    def __call__(self, question: str, reference: str, prediction: str) -> int:
-        prompt = JUDGE_PROMPT.format(criteria=JUDGE_CRITERIA, reference=reference, question=question,
-                                     prediction=prediction)
+    def __call__(self, question: str, reference: str, prediction: str, criteria: dict | None = None) -> int:
+        """LangChain's labeled_score_string on (input=question, reference, prediction): its two messages, sent
+        at temperature 0; the rating is what its parser reads ("[[N]]", N in 1..10), else a ValueError."""
+        evaluator = labeled_score_string(tuple((criteria or JUDGE_CRITERIA).items()))
+        messages = evaluator.prompt.format_messages(input=question, reference=reference, prediction=prediction)
         reply = self.client.chat.completions.create(
             model=self.model, temperature=0,
-            messages=[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}])
+            messages=[{"role": {"human": "user"}.get(m.type, m.type), "content": m.content} for m in messages])
         text = reply.choices[0].message.content or ""
-        match = re.search(r"\[\[(\d+)\]\]", text)
-        if not match or not 1 <= int(match.group(1)) <= 10:
-            raise ValueError(f"the judge {self.model} gave no [[1..10]] rating: {text[:200]!r}")
-        return int(match.group(1))
+        try:
+            return int(evaluator.output_parser.parse(text)["score"])
+        except ValueError:
+            raise ValueError(f"the judge {self.model} gave no [[1..10]] rating: {text[:200]!r}") from None
