@@ -140,7 +140,7 @@ def test_every_registered_option_reaches_its_benchmark_function(name, tmp_path, 
     cli.main(argv)
     assert {k: received[k] for k in expected} == expected
     assert received["overwrite"] is False and received["output_dir"] == str(tmp_path)
-    assert received["backend"] == ("backend", ("m", "transformers", None, None), {})
+    assert received["backend"] == ("backend", ("m", "transformers", None, None), {"chat_template": "tokenizer"})
     assert f"{name}: score 0.5000" in capsys.readouterr().out
 
 

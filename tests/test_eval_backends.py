@@ -15,6 +15,7 @@ from tenfold.generation import (MISSING_KEY, GenerationControls, VLLMBackend, cu
                                 render_prompt, stop_token_ids)
 from tenfold.recipe import load_recipe
 from tenfold.rope import rotary_inv_freq
+from tenfold.toy import build_tokenizer
 from tenfold.train.loop import train
 
 
@@ -280,7 +281,8 @@ def test_generation_controls_are_part_of_the_prediction_key(tmp_path):
     fake, path = FakeBackend(lambda prompt: prompt.upper()), tmp_path / "bench.predictions.jsonl"
     one_line = GenerationControls(stop="\n", suppress_first_end=True)
     key = claim_predictions(fake, path, {"controls": {"trec": one_line}})
-    assert key["settings"]["controls"]["trec"] == {"stop": ["\n"], "suppress_first": [], "suppress_first_end": True}
+    assert key["settings"]["controls"]["trec"] == {"stop": ["\n"], "stop_tokens": [], "suppress_first": [],
+                                                   "suppress_first_end": True}
     run_cases(fake, [{"id": "a", "prompt": "x"}], path, 4, lambda *_: {}, controls=one_line)
     assert fake.calls[0]["controls"] == one_line
     claim_predictions(fake, path, {"controls": {"trec": one_line}})  # the same controls: it resumes
@@ -309,3 +311,51 @@ def test_a_length_beyond_free_memory_is_refused_before_any_work(tiny_backend, tm
     finally:
         tiny_backend.max_length = saved
     assert not (tmp_path / "needle" / "needle.predictions.jsonl").exists()  # refused before any work
+
+
+def test_a_stop_token_ends_the_answer_at_that_token_kept_as_the_papers_eos_list_does(tiny_backend):
+    tok = tiny_backend.tokenizer
+    newline = tok.convert_tokens_to_ids("Ċ")
+    controls = GenerationControls(stop_tokens="\n")
+    assert tiny_backend.stop_ids_for(controls) == sorted({*tiny_backend.stop_ids, newline})
+    with biased_head(tiny_backend, {newline: 0.24}):  # the random model now writes "\n" here and there
+        free = tiny_backend.generate_ids(PROMPTS, 24)
+        assert sum(newline in ids[1:] for ids in free) >= 3
+        stopped = tiny_backend.generate_ids(PROMPTS, 24, controls=controls)
+        assert stopped == [ids[:ids.index(newline) + 1] if newline in ids else ids for ids in free]
+        texts = tiny_backend.generate(PROMPTS, 24, controls=controls)
+        assert [text.endswith("\n") for text in texts] == [newline in ids for ids in free]  # the "\n" is kept
+
+
+def test_a_stop_token_is_that_token_only_not_a_longer_one_holding_it(tmp_path):
+    tok = build_tokenizer(["a\n\n", "b\nc"] * 50, vocab_size=300)  # a text ending in "\n\n" learns that token
+    double = tok.convert_tokens_to_ids("ĊĊ")
+    assert double != tok.unk_token_id and tok.decode([double]) == "\n\n"  # the case: "\n\n" is one token
+    fake = FakeBackend(lambda prompt: prompt, tokenizer=tok)
+    fake.stop_ids = [tok.eos_token_id]
+    assert fake.stop_ids_for(GenerationControls(stop_tokens="\n")) == sorted([tok.eos_token_id,
+                                                                               tok.convert_tokens_to_ids("Ċ")])
+
+
+def test_the_openai_backend_refuses_stop_tokens_and_the_papers_chat_template(served):
+    backend = load_backend("served-model", backend="openai", base_url=served.url)
+    with pytest.raises(UserError, match="not at tokens"):
+        backend.generate(["q"], 5, controls=GenerationControls(stop_tokens="\n"))
+    with pytest.raises(UserError, match="server's template"):
+        load_backend("served-model", backend="openai", base_url=served.url, chat_template="llama-3")
+
+
+def test_the_papers_llama3_template_keeps_the_message_as_it_is_and_is_part_of_the_key(tiny_model_dir):
+    own = load_backend(str(tiny_model_dir))
+    paper = load_backend(str(tiny_model_dir), chat_template="llama-3")
+    message = "  what is the number of anna ?\n"
+    bos, header = "<|begin_of_text|>", "<|start_header_id|>user<|end_header_id|>\n\n"
+    paper_text = paper.tokenizer.decode(render_prompt(paper.tokenizer, message, chat=True))
+    # the BOS is the tokenizer's to add, as in the paper's code: Llama-3's adds one, this one (whose own
+    # template writes it) none
+    assert paper_text == header + message + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    own_text = own.tokenizer.decode(render_prompt(own.tokenizer, message, chat=True))
+    assert own_text == bos + paper_text.replace(message, message.strip())  # Llama-3's own template trims it
+    assert own.identity()["chat_template"] == "tokenizer" and paper.identity()["chat_template"] == "llama-3"
+    with pytest.raises(UserError, match="unknown chat template"):
+        load_backend(str(tiny_model_dir), chat_template="llama-2")

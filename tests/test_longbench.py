@@ -10,8 +10,10 @@ from tokenizers import processors
 
 from tenfold.eval import longbench
 from fakes import FakeBackend
-from tenfold.eval.longbench import (ENGLISH, build_cases, run_longbench, score, score_e, summarize,
-                                    truncate_middle)
+from tenfold.errors import UserError
+from tenfold.eval.longbench import (ENGLISH, build_cases, default_truncate_length, generation_controls, run_longbench,
+                                    score, score_e, summarize, truncate_middle)
+from tenfold.generation import GenerationControls
 from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,3 +231,35 @@ def test_cli_longbench(tiny_model_dir, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "longbench.summary.json").read_text())
     assert set(summary["scores"]) == {"trec", "passage_count"} and summary["preset"] == "paper"
     assert "longbench: score" in capsys.readouterr().out
+
+
+@needs_longbench_config
+def test_each_preset_generates_as_its_code_does_and_is_part_of_the_key(backend, tmp_path):
+    data = _write_data(tmp_path / "data")
+    datasets = ["narrativeqa", "trec", "lcc", "passage_count"]
+    by_preset = {}
+    for preset in ("paper", "official"):
+        recording = FakeBackend(inner=backend)
+        run_longbench(recording, tmp_path / preset, datasets=datasets, preset=preset, truncate_length=120,
+                      data_dir=data, config_dir=CONFIG_DIR)
+        by_preset[preset] = {call["prompts"][0]: call["controls"] for call in recording.calls}
+    newline_stop = GenerationControls(stop_tokens="\n")
+    no_empty_start = GenerationControls(stop_tokens="\n", suppress_first="\n", suppress_first_end=True)
+    # the paper: every dataset stops at the "\n" token; narrativeqa, one of the seven, may not start with it
+    assert set(by_preset["paper"].values()) == {newline_stop, no_empty_start}
+    assert [generation_controls("paper", d) for d in datasets] == [no_empty_start] + [newline_stop] * 3
+    assert set(by_preset["official"].values()) == {GenerationControls()}  # pred.py: the end tokens only...
+    assert generation_controls("official", "samsum") == no_empty_start  # ...but samsum's min_length and "\n"
+    assert sorted(d for d in ENGLISH if generation_controls("paper", d).suppresses) == sorted(
+        ["2wikimqa", "hotpotqa", "musique", "multifieldqa_en", "qasper", "narrativeqa", "samsum"])
+    with pytest.raises(ValueError, match="settings.preset 'paper' -> 'official'"):  # the preset is in the key
+        run_longbench(backend, tmp_path / "paper", datasets=datasets, preset="official", truncate_length=120,
+                      data_dir=data, config_dir=CONFIG_DIR)
+
+
+def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_for_a_short_model():
+    assert default_truncate_length("paper", 131_072) == 31_500 == default_truncate_length("paper", 32_768)
+    assert default_truncate_length("paper", 8192) == 7_500 == default_truncate_length("official", 8192)
+    assert default_truncate_length("official", 4096) == 3_500 and default_truncate_length("official", 32_768) == 31_500
+    with pytest.raises(UserError, match="--truncate-length"):
+        default_truncate_length("paper", 1024)

@@ -77,6 +77,25 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(ids)
 
 
+# The chat template a prompt is rendered with: the tokenizer's own, or the string the paper's code writes for
+# Llama-3 (FlagEmbedding's fastchat-style "llama-3" template: no system turn, no trim of the message, the BOS
+# left to the tokenizer), which Llama-3-8B-Instruct's own template differs from by trimming the message.
+CHAT_TEMPLATES = {
+    "tokenizer": None,
+    "llama-3": "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+               "{{ message['content'] }}<|eot_id|>{% endfor %}"
+               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+}
+
+
+def use_chat_template(tokenizer, choice: str) -> None:
+    """Render prompts with CHAT_TEMPLATES[choice] from now on ("tokenizer": leave the tokenizer's own)."""
+    if choice not in CHAT_TEMPLATES:
+        raise UserError(f"unknown chat template {choice!r}; use one of {', '.join(CHAT_TEMPLATES)}")
+    if CHAT_TEMPLATES[choice] is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES[choice]
+
+
 def render_prompt(tokenizer, prompt: str, chat: bool, answer_prefix: str = "") -> list[int]:
     """Token ids of one prompt: in the chat template as one user turn (ready for the answer), or raw.
 
@@ -99,6 +118,9 @@ class GenerationControls:
 
     stop: more stop strings: an answer ends before the first one (left out, as OpenAI's and vLLM's `stop`
       leave it), exactly as if the text generated without it were cut there.
+    stop_tokens: more stop tokens, as texts: an answer ends at the first token that reads as exactly one of them
+      (kept, as an eos token is), the way the paper's LongBench code appends the id of "\n" to eos_token_id:
+      a "\n\n" token does not stop it where the tokenizer has one.
     suppress_first: the first generated token may not be one of these texts (transformers'
       `begin_suppress_tokens`): each text bans every token of the vocabulary that reads as exactly it,
       for the first token only; later tokens may be any.
@@ -107,11 +129,12 @@ class GenerationControls:
     """
 
     stop: tuple[str, ...] = ()
+    stop_tokens: tuple[str, ...] = ()
     suppress_first: tuple[str, ...] = ()
     suppress_first_end: bool = False
 
     def __post_init__(self):
-        for field in ("stop", "suppress_first"):
+        for field in ("stop", "stop_tokens", "suppress_first"):
             value = getattr(self, field)
             texts = (value,) if isinstance(value, str) else tuple(value)
             if not all(isinstance(text, str) and text for text in texts):
@@ -137,8 +160,8 @@ def tokens_reading(tokenizer, texts: tuple[str, ...]) -> list[int]:
     ids = [i for i, text in enumerate(vocab) if text in texts]
     missing = set(texts) - {vocab[i] for i in ids}
     if missing:
-        raise UserError(f"suppress_first: no token of {tokenizer.name_or_path} reads {sorted(missing)!r} alone; "
-                        f"give texts of single tokens")
+        raise UserError(f"{tokenizer.name_or_path}: no token reads {sorted(missing)!r} alone (a stop token or a "
+                        f"first-token ban); give texts of single tokens")
     return ids
 
 
@@ -153,6 +176,15 @@ class Backend:
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
                  answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
         raise NotImplementedError
+
+    def stop_ids_for(self, controls: GenerationControls) -> list[int]:
+        """The end tokens and the controls' stop tokens (looked up once per controls)."""
+        if not controls.stop_tokens:
+            return self.stop_ids
+        cache = self.__dict__.setdefault("_stop_ids", {})
+        if controls not in cache:
+            cache[controls] = sorted({*self.stop_ids, *tokens_reading(self.tokenizer, controls.stop_tokens)})
+        return cache[controls]
 
     def first_token_ban(self, controls: GenerationControls) -> list[int]:
         """The token ids `controls` forbid as the first generated token (looked up once per controls)."""
@@ -199,10 +231,11 @@ def model_identity(model: str) -> dict:
 class TransformersBackend(Backend):
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", device: str | None = None, batch_size: int = 8,
-                 max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa"):
+                 max_batch_tokens: int = 131072, max_length: int | None = None, attn_implementation: str = "sdpa",
+                 chat_template: str = "tokenizer"):
         import torch
 
-        self.name, self.tokenizer_name = model, tokenizer
+        self.name, self.tokenizer_name, self.chat_template = model, tokenizer, chat_template
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -217,6 +250,7 @@ class TransformersBackend(Backend):
         self.model.to(self.device).eval()
         self.tokenizer = load_tokenizer(tokenizer or path)
         self.tokenizer.padding_side = "left"
+        use_chat_template(self.tokenizer, chat_template)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.max_length = max_length or self.model.config.max_position_embeddings
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
@@ -226,7 +260,7 @@ class TransformersBackend(Backend):
 
     def identity(self) -> dict:
         return {"kind": "transformers", **model_identity(self.name), "rope": self.rope,
-                "dtype": str(self.model.dtype), "tokenizer": self.tokenizer_name}
+                "dtype": str(self.model.dtype), "tokenizer": self.tokenizer_name, "chat_template": self.chat_template}
 
     def generation_bytes(self, longest: int) -> int:
         """About what one batch of prompts up to `longest` tokens adds while generating: the KV cache of
@@ -292,16 +326,17 @@ class TransformersBackend(Backend):
             decoding.update(stop_strings=list(controls.stop), tokenizer=self.tokenizer)
         if controls.suppresses:
             decoding["begin_suppress_tokens"] = self.first_token_ban(controls)
+        stop_ids = self.stop_ids_for(controls)
         outputs: list[list[int]] = [[] for _ in prompts]
         for batch in self._batches(encoded, max_new_tokens):
             ids, mask = self._pad([encoded[i] for i in batch])
             with torch.no_grad():
                 generated = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=1, **decoding,
-                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id,
                 )[:, ids.shape[1]:].tolist()
             for i, row in zip(batch, generated):
-                stop = next((t for t, token in enumerate(row) if token in self.stop_ids), None)
+                stop = next((t for t, token in enumerate(row) if token in stop_ids), None)
                 outputs[i] = self._cut_at_stop_string(row if stop is None else row[:stop + 1], controls.stop)
         return outputs
 
@@ -367,6 +402,10 @@ class OpenAIBackend(Backend):
             raise UserError(f"{self.name}: an OpenAI-compatible API cannot forbid a first token only "
                             f"(suppress_first, suppress_first_end); run this task with --backend transformers "
                             f"or vllm")
+        if controls.stop_tokens:
+            raise UserError(f"{self.name}: an OpenAI-compatible API stops at strings, not at tokens (stop_tokens "
+                            f"{list(controls.stop_tokens)!r}: a stop string would also stop inside a longer token); "
+                            f"run this task with --backend transformers or vllm")
         if len(controls.stop) > OPENAI_MAX_STOP:
             raise UserError(f"{self.name}: OpenAI's API takes at most {OPENAI_MAX_STOP} stop strings, this task "
                             f"has {len(controls.stop)}; run it with --backend transformers or vllm")
@@ -391,7 +430,7 @@ class VLLMBackend(Backend):
     """vLLM on a GPU (not run by the tests: they have neither vLLM nor a GPU)."""
 
     def __init__(self, model: str, rope_theta: float | None = None, tokenizer: str | None = None,
-                 max_length: int | None = None, **engine_options):
+                 max_length: int | None = None, chat_template: str = "tokenizer", **engine_options):
         from vllm import LLM  # noqa: F401  (ImportError says what to install)
 
         path = resolve_model_path(model)
@@ -399,15 +438,17 @@ class VLLMBackend(Backend):
             raise ValueError(f"{model}: vLLM needs a standalone model; run `tenfold merge` first")
         overrides = {"rope_theta": rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}} \
             if rope_theta else None
-        self.name, self.rope_theta = model, rope_theta
+        self.name, self.rope_theta, self.chat_template = model, rope_theta, chat_template
         self.llm = LLM(model=path, tokenizer=tokenizer or path, max_model_len=max_length, hf_overrides=overrides,
                        **engine_options)
-        self.tokenizer = load_tokenizer(tokenizer or path)
+        self.tokenizer = load_tokenizer(tokenizer or path)  # prompts go to vLLM as token ids rendered here
+        use_chat_template(self.tokenizer, chat_template)
         self.max_length = max_length or self.llm.llm_engine.model_config.max_model_len
         self.stop_ids = stop_token_ids(self.tokenizer, None)
 
     def identity(self) -> dict:
-        return {"kind": "vllm", **model_identity(self.name), "rope_theta": self.rope_theta}
+        return {"kind": "vllm", **model_identity(self.name), "rope_theta": self.rope_theta,
+                "chat_template": self.chat_template}
 
     def generate(self, prompts: list[str], max_new_tokens: int, chat: bool = True,
                  answer_prefix: str | list[str] = "", controls: GenerationControls | None = None) -> list[str]:
@@ -421,8 +462,9 @@ class VLLMBackend(Backend):
         prefixes = answer_prefix if isinstance(answer_prefix, list) else [answer_prefix] * len(prompts)
         encoded = [render_prompt(self.tokenizer, p, chat, a) for p, a in zip(prompts, prefixes)]
         stop = {"stop": list(controls.stop)} if controls.stop else {}
+        stop_ids = self.stop_ids_for(controls)
         if not controls.suppresses:
-            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids, **stop)
+            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids, **stop)
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params,
                                         use_tqdm=False)
             return [cut_at_stop(out.outputs[0].text, controls.stop) for out in outputs]
@@ -432,9 +474,9 @@ class VLLMBackend(Backend):
         firsts = [out.outputs[0].token_ids[0] for out in self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in encoded], first, use_tqdm=False)]
         rows = [[token] for token in firsts]
-        todo = [i for i, token in enumerate(firsts) if token not in self.stop_ids and max_new_tokens > 1]
+        todo = [i for i, token in enumerate(firsts) if token not in stop_ids and max_new_tokens > 1]
         if todo:
-            rest = SamplingParams(temperature=0.0, max_tokens=max_new_tokens - 1, stop_token_ids=self.stop_ids, **stop)
+            rest = SamplingParams(temperature=0.0, max_tokens=max_new_tokens - 1, stop_token_ids=stop_ids, **stop)
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i] + rows[i]) for i in todo], rest,
                                         use_tqdm=False)
             for i, out in zip(todo, outputs):
@@ -454,5 +496,8 @@ def load_backend(model: str, backend: str = "transformers", rope_theta: float | 
     if backend == "openai":
         if rope_theta is not None:
             raise ValueError("--rope-theta cannot change a model behind an API; serve it with the base you want")
+        if options.pop("chat_template", "tokenizer") != "tokenizer":
+            raise UserError("--chat-template: a model behind an API is rendered by its server's template; "
+                            "serve it with the template you want")
         return OpenAIBackend(model, tokenizer=tokenizer, **options)
     return BACKENDS[backend](model, rope_theta=rope_theta, tokenizer=tokenizer, **options)

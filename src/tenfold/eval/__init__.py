@@ -42,6 +42,9 @@ class EvalSettings:
     max_length: int | None = setting(None, "the longest input to allow (default: the model's config)")
     batch_size: int | None = setting(None, "prompts per generate call (transformers)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = setting(None, "weights' dtype (transformers)")
+    chat_template: Literal["tokenizer", "llama-3"] = setting(
+        "tokenizer", "the tokenizer's own chat template, or the paper code's Llama-3 template string (no trim of the "
+                     "message; transformers, vllm)")
     base_url: str | None = setting(None, "OpenAI-compatible endpoint (--backend openai); key from OPENAI_API_KEY")
     overwrite: bool = setting(False, "discard predictions in --output-dir made otherwise (default: refuse them)")
 
@@ -69,8 +72,9 @@ def evaluate(name: str, settings: EvalSettings, options: dict) -> dict:
     from tenfold.generation import load_backend
 
     s = asdict(settings)
-    kept = {"transformers": ("dtype", "batch_size", "max_length"), "openai": ("base_url", "max_length"),
-            "vllm": ("max_length",)}[settings.backend]
+    kept = {"transformers": ("dtype", "batch_size", "max_length", "chat_template"),
+            "openai": ("base_url", "max_length", "chat_template"), "vllm": ("max_length", "chat_template")}[
+        settings.backend]
     backend = load_backend(settings.model, settings.backend, settings.rope_theta, settings.tokenizer,
                            **{key: s[key] for key in kept if s[key] is not None})
     return run_benchmark(name, backend, settings.output_dir, settings.overwrite, **options)

@@ -6,14 +6,18 @@ chat template except for trec, triviaqa, samsum, lsht, lcc and repobench-p, gene
 the official per-dataset length, and score with the official metrics (`score`, `score_e`: equal to
 LongBench's eval.py on any predictions; see longbench_metrics.py for the rules that make it so).
 
-Two presets say how the table is averaged; reports name the one used:
-- "official": the LongBench leaderboard: category = mean of its datasets, Avg = mean of the categories.
-- "paper": FlagEmbedding's eval_longbench.py (Zhang et al., 2024): the same categories, Avg = mean
-  of the 16 English datasets. (The paper's code also stops generation at the first "\\n" token on
-  every task; tenfold's backends stop at the template's end tokens only, as LongBench's pred.py.)
-LongBench's samsum generation additionally forbids an end token as the first token and stops at
-"\\n"; the scorer keeps only the first line of a samsum prediction, so greedy decoding gives the same
-score unless the model's first token is an end token or "\\n".
+Two presets, each how its code generates and averages; the preset is part of the predictions' key:
+- "official": LongBench's pred.py and the leaderboard: generation stops at the end tokens, except samsum,
+  which also stops at the "\\n" token and may not begin with it or an end token (pred.py's min_length);
+  category = mean of its datasets, Avg = mean of the categories; prompts cut to 500 below the model's length
+  in thousands (pred.py's model2maxlen: 7,500 for an 8K model).
+- "paper": FlagEmbedding's eval_longbench.py at the paper's commit (Zhang et al., 2024): it appends the
+  "\\n" token to the generation config's eos list in place, so every dataset stops at the first "\\n"
+  token (a "\\n\\n" token does not stop it), and forbids those tokens as the first one on 2wikimqa, hotpotqa,
+  musique, multifieldqa_en, qasper, narrativeqa and samsum (begin_suppress_tokens); Avg = mean of the 16
+  English datasets; prompts cut to 31,500 tokens, or for a model shorter than 32K by the LongBench
+  convention (7,500 for an 8K model, as the paper ran Llama-3-8B-Instruct at 8K). For the paper's
+  prompts token for token, evaluate with `--chat-template llama-3` (the paper code's template string).
 
 The prompt and length configs belong to LongBench: read from `config_dir`, else downloaded once from
 THUDM/LongBench on GitHub (pinned commit) into the cache. The data is read from `data_dir`
@@ -33,9 +37,11 @@ from typing import Literal
 import numpy as np
 
 from tenfold.config import setting
+from tenfold.errors import UserError
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
+from tenfold.generation import GenerationControls
 from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
 
 CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
@@ -55,6 +61,28 @@ LONGBENCH_E = ["qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report"
 NO_CHAT_TEMPLATE = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"}  # few-shot and code: raw text
 FIRST_LINE_ONLY = {"trec", "triviaqa", "samsum", "lsht"}
 PRESETS = ("official", "paper")
+PAPER_NO_EMPTY_START = {"2wikimqa", "hotpotqa", "musique", "multifieldqa_en", "qasper", "narrativeqa", "samsum"}
+PAPER_TRUNCATE_LENGTH = 31_500
+
+
+def generation_controls(preset: str, dataset: str) -> GenerationControls:
+    """How the preset's code generates for a dataset (see the module docstring): where it stops at the "\\n"
+    token, and where that token or an end token may not come first."""
+    stop_at_newline = preset == "paper" or dataset == "samsum"
+    no_empty_start = dataset in PAPER_NO_EMPTY_START if preset == "paper" else dataset == "samsum"
+    return GenerationControls(stop_tokens=("\n",) if stop_at_newline else (),
+                              suppress_first=("\n",) if no_empty_start else (), suppress_first_end=no_empty_start)
+
+
+def default_truncate_length(preset: str, model_length: int | None) -> int:
+    """The preset's prompt budget: the paper's 31,500, else (or for a model shorter than 32K) LongBench's
+    convention, 500 below the model's length in thousands (pred.py's model2maxlen: 3,500 for 4K models, 7,500
+    for 8K, 31,500 for 32K)."""
+    if not model_length or model_length < 2048:
+        raise UserError(f"longbench: pass --truncate-length (the model holds {model_length} tokens)")
+    if preset == "paper" and model_length >= 32_000:
+        return PAPER_TRUNCATE_LENGTH
+    return model_length // 1024 * 1000 - 500
 
 CONFIG_URL = "https://raw.githubusercontent.com/THUDM/LongBench/2e00731f8d0bff23dc4325161044d0ed8af94c1e/LongBench/config/{}"
 CONFIG_FILES = ("dataset2prompt.json", "dataset2maxlen.json")
@@ -198,9 +226,11 @@ def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str
 class Options:
     """`tenfold eval longbench` flags and a suite's longbench: keys, each a keyword argument of run_longbench."""
     datasets: list[str] | None = setting(None, "comma-separated (default: the 16 English)")
-    preset: Literal["official", "paper"] = setting("official", "Avg over the 6 categories (official) or the 16 "
-                                                               "English datasets (paper)")
-    truncate_length: int | None = setting(None, "prompt tokens after the middle cut (default: model length - 500)")
+    preset: Literal["official", "paper"] = setting(
+        "official", "official: LongBench's pred.py, Avg over the 6 categories; paper: the paper code's generation "
+                    "(stop at the \\n token on every dataset, no empty start on 7), Avg over the 16 datasets")
+    truncate_length: int | None = setting(None, "prompt tokens after the middle cut, BOS counted (default: "
+                                                "LongBench's, 7,500 for an 8K model; paper: 31,500 from 32K)")
     longbench_e: bool = setting(False, "LongBench-E: scores per length bucket")
     data_dir: str | None = setting(None, "LongBench's <name>.jsonl files (default: data.zip from the HF hub)")
     config_dir: str | None = setting(None, "LongBench/config with dataset2prompt.json, dataset2maxlen.json "
@@ -215,7 +245,7 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     """Generate, score and average into output_dir (longbench.json, .summary.json, .predictions.jsonl).
 
     truncate_length: prompt tokens after the middle cut, BOS included (pred.py's max_length: 3500 for 4K
-    models, 7500 for 8K, 31500 for 32K and in the paper); default the model's length minus 500.
+    models, 7500 for 8K, 31500 for 32K and in the paper); default: default_truncate_length.
     limit: the first N records of each dataset.
     """
     if preset not in PRESETS:
@@ -229,17 +259,16 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     if backend.tokenizer is None:
         raise ValueError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
     if truncate_length is None:
-        if not backend.max_length or backend.max_length <= 1000:
-            raise ValueError(f"longbench: pass --truncate-length (the model holds {backend.max_length} tokens)")
-        truncate_length = backend.max_length - 500
+        truncate_length = default_truncate_length(preset, backend.max_length)
     prompts, max_new_tokens = load_configs(config_dir)
     check_length(backend, "longbench", truncate_length + 64, max(max_new_tokens[d] for d in datasets))  # 64: template
 
     name = "longbench_e" if longbench_e else "longbench"
     out = Path(output_dir)
-    # the preset only chooses the averages, so it is no part of the predictions' key
+    controls = {dataset: generation_controls(preset, dataset) for dataset in datasets}
     claim_predictions(backend, out / f"{name}.predictions.jsonl", overwrite=overwrite, settings={
-        "truncate_length": truncate_length, "data_dir": data_dir, "config_dir": config_dir})
+        "preset": preset, "truncate_length": truncate_length, "data_dir": data_dir, "config_dir": config_dir,
+        "controls": controls})
     records, scores = [], {}
     for dataset in datasets:
         data = load_data(dataset, data_dir, longbench_e)[:limit]
@@ -249,7 +278,8 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
             return {"score": _sample_score(dataset, prediction, case["answers"], case["all_classes"])}
 
         done = run_cases(backend, cases, out / f"{name}.predictions.jsonl", max_new_tokens[dataset], score_case,
-                         chat=dataset not in NO_CHAT_TEMPLATE, desc=f"longbench {dataset}")
+                         chat=dataset not in NO_CHAT_TEMPLATE, desc=f"longbench {dataset}",
+                         controls=controls[dataset])
         predictions, answers = [r["prediction"] for r in done], [r["answers"] for r in done]
         all_classes = done[-1]["all_classes"] if done else None  # eval.py keeps the last record's
         if longbench_e:
