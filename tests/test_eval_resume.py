@@ -109,3 +109,22 @@ def test_a_train_output_is_identified_by_its_adapter_weights(tmp_path):
     assert first["adapter_sha256"] != second["adapter_sha256"]
     shutil.copytree(tmp_path / "run", tmp_path / "moved")  # the same weights elsewhere: the same predictions
     assert model_identity(str(tmp_path / "moved")) == second
+
+
+def test_cases_are_batched_by_their_length_in_tokens_not_in_characters(tiny_backend, tmp_path):
+    from fakes import FakeBackend
+    from tenfold.eval.runner import prompt_tokens, run_cases
+
+    # toy-world words are few tokens for their characters, letter salad many: the two orders disagree
+    cases = [{"id": f"c{i}", "prompt": text * n} for i, (text, n) in enumerate(
+        [("the red fox paints two blue doors . ", 6), ("qz xv kj wp ", 6), ("the red fox paints two blue doors . ", 2),
+         ("qz xv kj wp ", 2)])]
+    tokens = {case["id"]: prompt_tokens(tiny_backend, case) for case in cases}
+    chars = {case["id"]: len(case["prompt"]) for case in cases}
+    assert sorted(tokens, key=tokens.get) != sorted(chars, key=chars.get)  # the case
+    fake = FakeBackend(lambda prompt: "", inner=tiny_backend, batch_size=2)
+    run_cases(fake, cases, tmp_path / "x.predictions.jsonl", 2, lambda *_: {})
+    by_prompt = {case["prompt"]: case["id"] for case in cases}
+    batches = [[by_prompt[p] for p in call["prompts"]] for call in fake.calls]
+    assert batches == [sorted(tokens, key=tokens.get)[:2], sorted(tokens, key=tokens.get)[2:]]
+    assert prompt_tokens(FakeBackend(lambda prompt: ""), cases[0]) == chars["c0"]  # no tokenizer: characters

@@ -137,6 +137,15 @@ def resume_cases(cases: list[dict], predictions_path: str | Path, predict: Calla
     return [finished[case["id"]] for case in cases]
 
 
+def prompt_tokens(backend, case: dict, chat: bool = True) -> int:
+    """A case's length in the model's tokens (template and answer prefix included), which batches are bucketed by:
+    characters mislead where texts differ in characters per token (code, digits, other scripts). Its characters
+    where the backend counts no tokens (an API without --tokenizer)."""
+    if getattr(backend, "tokenizer", None) is None:
+        return len(case["prompt"])
+    return backend.prompt_length(case["prompt"], chat, case.get("answer_prefix", ""))
+
+
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,
               score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval",
               controls: GenerationControls | None = None) -> list[dict]:
@@ -154,9 +163,9 @@ def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_
         return [{**{k: v for k, v in case.items() if k != "prompt"}, "prediction": prediction,
                  **score(case, prediction)} for case, prediction in zip(batch, predictions)]
 
-    # similar lengths share a batch
+    # similar lengths in tokens share a batch: little padding
     return resume_cases(cases, predictions_path, predict, getattr(backend, "batch_size", 8), desc,
-                        sort_key=lambda case: len(case["prompt"]))
+                        sort_key=lambda case: prompt_tokens(backend, case, chat))
 
 
 def write_outputs(output_dir: str | Path, name: str, records: list[dict], summary: dict) -> dict:
