@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from tenfold.config import setting
+from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
@@ -130,7 +131,7 @@ def load_configs(config_dir: str | Path | None = None) -> tuple[dict[str, str], 
         if path.is_file():
             continue
         if config_dir:
-            raise FileNotFoundError(f"{path} is missing; give the folder LongBench/config of THUDM/LongBench")
+            raise UserError(f"{path} is missing; give the folder LongBench/config of THUDM/LongBench")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with urllib.request.urlopen(CONFIG_URL.format(name), timeout=30) as reply:
@@ -139,8 +140,8 @@ def load_configs(config_dir: str | Path | None = None) -> tuple[dict[str, str], 
             (folder / f"{name}.part").write_bytes(data)
             (folder / f"{name}.part").rename(path)
         except OSError as e:
-            raise FileNotFoundError(f"could not download LongBench's {name} ({e}); pass --config-dir with the "
-                                    f"folder LongBench/config of a THUDM/LongBench checkout") from None
+            raise UserError(f"could not download LongBench's {name} ({e}); pass --config-dir with the "
+                            f"folder LongBench/config of a THUDM/LongBench checkout") from None
     return tuple(json.loads((folder / name).read_text()) for name in CONFIG_FILES)
 
 
@@ -152,14 +153,14 @@ def load_data(dataset: str, data_dir: str | Path | None = None, longbench_e: boo
     candidates = [Path(data_dir) / f"{name}.jsonl", Path(data_dir) / "data" / f"{name}.jsonl"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"{candidates[0]} not found; --data-dir must hold LongBench's <name>.jsonl files "
-                                f"(the official data.zip unpacked)")
+        raise UserError(f"{candidates[0]} not found; --data-dir must hold LongBench's <name>.jsonl files "
+                        f"(the official data.zip unpacked)")
     records = list(read_jsonl(path))
     for i, record in enumerate(records):
         missing = {"input", "context", "answers", "length", "all_classes", "_id"} - set(record)
         if missing:
-            raise ValueError(f"{path}, record {i + 1}: lacks {', '.join(sorted(missing))}; "
-                             f"use LongBench's own JSONL files")
+            raise RecordError(f"{path}, record {i + 1}: lacks {', '.join(sorted(missing))}; "
+                              f"use LongBench's own JSONL files")
     return records
 
 
@@ -219,18 +220,18 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     limit: the first N records of each dataset.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise RecipeError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
     datasets = list(datasets or (LONGBENCH_E if longbench_e else ENGLISH))
     allowed = LONGBENCH_E if longbench_e else list(DATASET_METRIC)
     unknown = [d for d in datasets if d not in allowed]
     if unknown:
-        raise ValueError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
-                         f"use some of {', '.join(allowed)}")
+        raise RecipeError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
+                          f"use some of {', '.join(allowed)}")
     if backend.tokenizer is None:
-        raise ValueError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
+        raise UserError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
     if truncate_length is None:
         if not backend.max_length or backend.max_length <= 1000:
-            raise ValueError(f"longbench: pass --truncate-length (the model holds {backend.max_length} tokens)")
+            raise UserError(f"longbench: pass --truncate-length (the model holds {backend.max_length} tokens)")
         truncate_length = backend.max_length - 500
     prompts, max_new_tokens = load_configs(config_dir)
     check_length(backend, "longbench", truncate_length + 64, max(max_new_tokens[d] for d in datasets))  # 64: template
