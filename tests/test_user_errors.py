@@ -167,3 +167,29 @@ def test_a_full_disk_writing_the_mix_is_one_line_and_keeps_the_old_output(tmp_pa
         f"tenfold mix: error: could not write {output}: No space left on device; free space (or give another "
         f"--output) and run the same command again: what was written before is kept")
     assert output.read_text() == "the old mix\n"
+
+
+@pytest.mark.parametrize("benchmark", ["infbench", "longbench", "mmlu"])
+def test_a_benchmark_offline_without_its_data_names_the_flag(benchmark, monkeypatch):
+    """The hub's and datasets' not-found errors are OSErrors, which keep their traceback: each is told in one line."""
+    import datasets
+    import huggingface_hub
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from tenfold.errors import UserError
+    from tenfold.eval import infbench, longbench, mmlu
+
+    def offline(*_args, **_kwargs):
+        raise LocalEntryNotFoundError("offline and not in the cache")
+
+    def no_dataset(*_args, **_kwargs):
+        raise DatasetNotFoundError("offline and not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(datasets, "load_dataset", no_dataset)
+    load, flag = {"infbench": (lambda: infbench.load_data("longbook_qa_eng"), "--data-dir"),
+                  "longbench": (lambda: longbench.load_data("hotpotqa"), "--data-dir"),
+                  "mmlu": (lambda: mmlu.load_questions(), "--data")}[benchmark]
+    with pytest.raises(UserError, match=f"from the Hugging Face hub .*Error\\); pass {flag} "):
+        load()

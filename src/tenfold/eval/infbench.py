@@ -61,7 +61,11 @@ def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
     if data_dir is None:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(DATA_REPO, f"{task}.jsonl", repo_type="dataset"))
+        try:
+            path = Path(hf_hub_download(DATA_REPO, f"{task}.jsonl", repo_type="dataset"))
+        except OSError as e:  # offline and not cached, or the hub unreachable (the hub's errors are OSErrors)
+            raise UserError(f"could not get {task}.jsonl of {DATA_REPO} from the Hugging Face hub "
+                            f"({type(e).__name__}); pass --data-dir with InfiniteBench's <task>.jsonl files") from None
     else:
         path = Path(data_dir) / f"{task}.jsonl"
         if not path.is_file():

@@ -167,7 +167,11 @@ def load_data(dataset: str, data_dir: str | Path | None = None, longbench_e: boo
 def _hub_data_dir() -> Path:
     from huggingface_hub import hf_hub_download
 
-    archive = Path(hf_hub_download(DATA_REPO, "data.zip", repo_type="dataset"))
+    try:
+        archive = Path(hf_hub_download(DATA_REPO, "data.zip", repo_type="dataset"))
+    except OSError as e:  # offline and not cached, or the hub unreachable (the hub's errors are OSErrors)
+        raise UserError(f"could not get data.zip of {DATA_REPO} from the Hugging Face hub ({type(e).__name__}); "
+                        f"pass --data-dir with LongBench's <name>.jsonl files (data.zip unpacked)") from None
     target = cache_dir() / "longbench" / "data"
     if not (target / "data").is_dir():
         with zipfile.ZipFile(archive) as zf:

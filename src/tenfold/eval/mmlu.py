@@ -63,7 +63,11 @@ def load_questions(data: str | Path | None = None) -> list[dict]:
     if data is None:
         from datasets import load_dataset
 
-        rows = load_dataset("cais/mmlu", "all", split="test")
+        try:
+            rows = load_dataset("cais/mmlu", "all", split="test")
+        except OSError as e:  # offline and not cached (datasets' not-found errors are OSErrors), no connection
+            raise UserError(f"could not load cais/mmlu from the Hugging Face hub ({type(e).__name__}); pass --data "
+                            f"with MMLU's data folder or a JSONL file") from None
         questions = [{"subject": r["subject"], "question": r["question"], "choices": list(r["choices"]),
                       "answer": int(r["answer"])} for r in rows]
     else:
