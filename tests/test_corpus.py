@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tenfold.errors import UserError
 from tenfold.synth.corpus import chunk_text, filter_documents, read_corpus
 from tenfold.models import load_tokenizer
 
@@ -50,7 +51,7 @@ def test_jsonl_text_field_and_saved_dataset(tmp_path):
     assert [d.origin for d in read_corpus(path, skipped, text_field="content")][-1].endswith("docs.jsonl:3")
     datasets.Dataset.from_dict({"text": ["saved one", "saved two"]}).save_to_disk(str(tmp_path / "saved"))
     assert [d.text for d in read_corpus(tmp_path / "saved", skipped)] == ["saved one", "saved two"]
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         list(read_corpus(tmp_path / "missing", skipped))
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.config import load_settings
+from tenfold.errors import UserError
 from tenfold.synth.run import SynthSettings
 from tenfold.io import write_jsonl
 from tenfold.toy import toy_records
@@ -65,7 +66,7 @@ def test_the_shipped_toy_data_keeps_the_shipped_tokenizer(tmp_path):
 
 def test_a_path_that_does_not_exist_is_named_and_a_hub_id_stays_one(tmp_path, monkeypatch):
     for name in ("./nope", "../missing", "/x/y", "~/no-such-model-here", "models/llama/8b"):
-        with pytest.raises(FileNotFoundError, match=f"^{name}: no such file or folder; give an existing"):
+        with pytest.raises(UserError, match=f"^{name}: no such file or folder; give an existing"):
             resolve_model_path(name)
     assert resolve_model_path("meta-llama/Meta-Llama-3-8B-Instruct") == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert resolve_model_path("gpt2") == "gpt2"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import processors
 
+from tenfold.errors import UserError
 from tenfold.eval import longbench
 from fakes import FakeBackend
 from tenfold.errors import UserError
@@ -203,7 +204,7 @@ def test_longbench_e_and_bad_inputs(backend, tmp_path):
     with pytest.raises(ValueError, match="narrativeqa"):  # not a LongBench-E dataset
         run_longbench(backend, tmp_path / "out", datasets=["narrativeqa"], longbench_e=True, truncate_length=120,
                       data_dir=data, config_dir=CONFIG_DIR)
-    with pytest.raises(FileNotFoundError, match="hotpotqa"):
+    with pytest.raises(UserError, match="hotpotqa"):
         run_longbench(backend, tmp_path / "out2", datasets=["hotpotqa"], truncate_length=120, data_dir=data,
                       config_dir=CONFIG_DIR)
     with pytest.raises(ValueError, match="exceeds"):  # refused before any work

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fakes import FakeBackend
+from tenfold.errors import UserError
 from tenfold.eval.mmlu import LETTERS, format_prompt, load_questions, run_mmlu
 
 # subject -> number of questions: unequal sizes make the subject mean and the question mean differ
@@ -103,6 +104,8 @@ def test_jsonl_layouts_and_bad_input(tmp_path):
     (tmp_path / "bad" / "test" / "anatomy_test.csv").write_text("q,a,b,c,d,E\n")
     with pytest.raises(ValueError, match="anatomy_test.csv, line 1"):
         load_questions(tmp_path / "bad")
+    with pytest.raises(UserError, match="missing.jsonl not found; give MMLU's data folder"):  # not open()'s error
+        load_questions(tmp_path / "missing.jsonl")
 
 
 def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):

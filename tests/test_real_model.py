@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tenfold.errors import UserError
 from tenfold.generation import load_backend
 from tenfold.eval.needle import run_needle
 from tenfold.eval.passkey import run_passkey
@@ -72,7 +73,7 @@ def test_gguf_loads_as_the_model_it_is(smollm2_dir, tmp_path, capsys):
     assert resolve_model_path(str(tmp_path)) == smollm2_dir
     assert "dequantized" in capsys.readouterr().err
     (tmp_path / "other.gguf").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="2 GGUF files"):
+    with pytest.raises(UserError, match="2 GGUF files"):
         resolve_model_path(str(tmp_path))
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
+from tenfold.errors import RecipeError
 from tenfold.toy import build_model
 from tenfold.train import loop
 from tenfold.train.loss import CausalLMLoss
@@ -176,7 +177,7 @@ def test_short_sequences_run_untiled_and_models_it_cannot_tile_are_named():
     block = nn.Module()
     block.mlp = RouterMLP()
     tile_mlps(nn.ModuleList([block]), 4)
-    with pytest.raises(TypeError, match="set model.mlp_tile_tokens to 0"):
+    with pytest.raises(RecipeError, match="set model.mlp_tile_tokens to 0"):
         block.mlp(torch.zeros(1, 5, 2))
 
 

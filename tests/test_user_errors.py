@@ -116,3 +116,80 @@ def test_skip_messages_go_above_the_progress_bar_and_a_record_too_long_says_its_
     tokens = int(written[0].split("skipped: ")[1].split()[0])
     assert tokens > 200 and "data.max_length 96" in written[0] and "raise data.max_length" in written[0]
     assert written[1].startswith(f"{data}: record 'no-turns': 'conversations' is empty")
+
+
+MIX_TOY = ["mix", "--synthetic", "tenfold/toy", "--plain", "tenfold/toy", "--counts", "synthetic=3,plain=2"]
+LIBRARY_ERRORS = {"ValueError": ValueError("tokenizer.json: a bug inside the library"),
+                  "FileNotFoundError": FileNotFoundError(2, "No such file or directory", "vocab.json"),
+                  "PermissionError": PermissionError(13, "Permission denied", "/somewhere/config.json")}
+
+
+@pytest.mark.parametrize("kind", LIBRARY_ERRORS)
+def test_an_error_from_library_code_keeps_its_traceback(kind, tmp_path, monkeypatch, capsys):
+    """transformers and torch raise ValueError and OSError for their own bugs too: only a UserError is one line."""
+    from tenfold import mix
+
+    def library_code(*_args, **_kwargs):
+        raise LIBRARY_ERRORS[kind]
+
+    monkeypatch.setattr(mix, "load_tokenizer", library_code)
+    with pytest.raises(type(LIBRARY_ERRORS[kind])) as raised:  # main() re-raises it: Python prints the traceback
+        main([*MIX_TOY, "--output", str(tmp_path / "m.jsonl")])
+    assert raised.value is LIBRARY_ERRORS[kind] and "error:" not in capsys.readouterr().err
+
+
+def test_a_user_error_from_the_same_place_is_one_line(tmp_path, monkeypatch, capsys):
+    from tenfold import mix
+    from tenfold.errors import UserError
+
+    def refuse(*_args, **_kwargs):
+        raise UserError("tenfold/toy: a mistake the user can fix\n  named on one line; give --tokenizer")
+
+    monkeypatch.setattr(mix, "load_tokenizer", refuse)
+    assert error_line(capsys, [*MIX_TOY, "--output", str(tmp_path / "m.jsonl")]) == (
+        "tenfold mix: error: tenfold/toy: a mistake the user can fix named on one line; give --tokenizer")
+
+
+def test_a_full_disk_writing_the_mix_is_one_line_and_keeps_the_old_output(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from tenfold import mix
+
+    output = tmp_path / "m.jsonl"
+    output.write_text("the old mix\n")
+
+    def full_disk(*_args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mix.os, "replace", full_disk)
+    assert error_line(capsys, [*MIX_TOY, "--output", str(output)]) == (
+        f"tenfold mix: error: could not write {output}: No space left on device; free space (or give another "
+        f"--output) and run the same command again: what was written before is kept")
+    assert output.read_text() == "the old mix\n"
+
+
+@pytest.mark.parametrize("benchmark", ["infbench", "longbench", "mmlu"])
+def test_a_benchmark_offline_without_its_data_names_the_flag(benchmark, monkeypatch):
+    """The hub's and datasets' not-found errors are OSErrors, which keep their traceback: each is told in one line."""
+    import datasets
+    import huggingface_hub
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from tenfold.errors import UserError
+    from tenfold.eval import infbench, longbench, mmlu
+
+    def offline(*_args, **_kwargs):
+        raise LocalEntryNotFoundError("offline and not in the cache")
+
+    def no_dataset(*_args, **_kwargs):
+        raise DatasetNotFoundError("offline and not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(datasets, "load_dataset", no_dataset)
+    load, flag = {"infbench": (lambda: infbench.load_data("longbook_qa_eng"), "--data-dir"),
+                  "longbench": (lambda: longbench.load_data("hotpotqa"), "--data-dir"),
+                  "mmlu": (lambda: mmlu.load_questions(), "--data")}[benchmark]
+    with pytest.raises(UserError, match=f"from the Hugging Face hub .*Error\\); pass {flag} "):
+        load()

@@ -2,8 +2,9 @@
 
 Raise UserError (or one of its kinds: RecipeError, RecordError) for bad input; `tenfold`'s main() prints
 `tenfold VERB: error: MESSAGE` and exits 2, with no traceback unless --debug or TENFOLD_DEBUG=1 is given.
-ValueError, FileNotFoundError and OSErrors that name a file, raised by tenfold's own checks before this
-class existed, are shown the same way; anything else is a bug and keeps its traceback.
+Only UserError is shown so: any other exception (a ValueError from torch or transformers, a plain
+FileNotFoundError or OSError) may be a bug and keeps its traceback. A write the user can fix (a full disk, no
+permission) becomes a UserError where it happens (tenfold.io.write_error).
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ def debug_requested(argv: list[str]) -> bool:
 
 def one_line(error: BaseException) -> str | None:
     """The error as the one line a user sees, or None if it is not a user error (a bug: show the traceback)."""
-    if isinstance(error, (ValueError, FileNotFoundError)):
-        text = str(error)
-    elif isinstance(error, OSError) and error.filename:  # a full disk, no permission: the path and why
-        text = f"{error.filename}: {error.strerror or error}"
-    else:
+    if not isinstance(error, UserError):
         return None
-    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

@@ -145,14 +145,21 @@ class AppendLog:
         return done
 
     def append(self, records: Iterable[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = self.open()
         try:
             for record in records:
                 self.append_to(fd, record)
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def open(self) -> int:
+        """A descriptor that appends to the log (its folder made first); no permission is a one-line error."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(self.path, e, self.elsewhere) from None
 
     def append_to(self, fd: int, record: dict) -> None:
         """One record on an open descriptor of the log (synth keeps one open while its requests run)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from tenfold.config import setting
+from tenfold.errors import UserError
 from tenfold.models import adapter_dir, check_rope, load_run, load_tokenizer
 from tenfold.rope import write_rope_to_config_file
 
@@ -38,11 +39,16 @@ def merge(settings: MergeSettings) -> Path:
     model, meta, _ = load_run(run_dir, settings.dtype)
     merged = model.merge_and_unload()
     check_rope(merged, meta["rope_parameters"])
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    merged.save_pretrained(output_dir)
-    load_tokenizer(str(adapter_dir(run_dir))).save_pretrained(output_dir)
-    write_rope_to_config_file(output_dir / "config.json", meta["rope_parameters"])
+    tokenizer = load_tokenizer(str(adapter_dir(run_dir)))
+    try:
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        merged.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        write_rope_to_config_file(output_dir / "config.json", meta["rope_parameters"])
+    except OSError as e:  # no permission, a full disk (safetensors reports the weights' own failure its way)
+        raise UserError(f"could not write {output_dir}: {e.strerror or e}; free space or give another "
+                        f"--output-dir, then merge again with --overwrite") from None
     return output_dir
 
 
@@ -50,10 +56,10 @@ def check_output_dir(run_dir: str | Path, output_dir: Path, overwrite: bool) -> 
     run, out = Path(run_dir).resolve(), output_dir.resolve()
     if out == run or run in out.parents or out in run.parents:
         # transformers loads a model folder that holds adapter_config.json with the LoRA applied a second time
-        raise ValueError(f"--output-dir {output_dir} is inside the run {run_dir} or holds it; "
-                         f"choose a folder outside it, e.g. --output-dir {run}-merged")
+        raise UserError(f"--output-dir {output_dir} is inside the run {run_dir} or holds it; "
+                        f"choose a folder outside it, e.g. --output-dir {run}-merged")
     if output_dir.is_file():
-        raise ValueError(f"--output-dir {output_dir} is a file; choose a folder")
+        raise UserError(f"--output-dir {output_dir} is a file; choose a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--output-dir {output_dir} is not empty; pass --overwrite to replace its contents, "
-                         f"or choose a new folder")
+        raise UserError(f"--output-dir {output_dir} is not empty; pass --overwrite to replace its contents, "
+                        f"or choose a new folder")

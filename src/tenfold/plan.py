@@ -79,7 +79,7 @@ def lora_params(shape: Shape, recipe: Recipe) -> int:
              "gate_proj": (d, ffn), "up_proj": (d, ffn), "down_proj": (ffn, d)}
     unknown = [t for t in recipe.lora.targets if t not in sizes]
     if unknown:
-        raise ValueError(f"tenfold plan knows Llama-style projections ({', '.join(sizes)}), not {unknown}")
+        raise RecipeError(f"tenfold plan knows Llama-style projections ({', '.join(sizes)}), not {unknown}")
     return shape.layers * sum(recipe.lora.rank * sum(sizes[t]) for t in recipe.lora.targets)
 
 

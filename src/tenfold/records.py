@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenfold.errors import RecordError
+from tenfold.errors import RecordError, UserError
 
 ROLES = ("user", "assistant", "system")
 MIN_TAIL_TOKENS = 32  # kept at the end of a first user turn that has no "\n\n" before its question
@@ -96,8 +96,8 @@ def _encode_text(record_id: str, text: str, tokenizer, max_length: int) -> Encod
 def _encode_conversation(record_id: str, turns: list[dict], tokenizer, max_length: int,
                          context_weight: float) -> Encoded | None:
     if not tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat template, so conversations cannot be rendered; pass a "
-                         "tokenizer that has one (an instruct model's) or set tokenizer.chat_template")
+        raise UserError("the tokenizer has no chat template, so conversations cannot be rendered; pass a "
+                        "tokenizer that has one (an instruct model's) or set tokenizer.chat_template")
 
     def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -140,9 +140,9 @@ def _assistant_spans(record_id: str, turns: list[dict], render, full: str,
         if turn["role"] == "assistant":
             prefix, upto = render(turns[:i], add_generation_prompt=True), render(turns[:i + 1])
             if not (full.startswith(prefix) and upto.startswith(prefix) and full.startswith(upto)):
-                raise ValueError(f"record {record_id!r}: the chat template renders turn {i} differently depending "
-                                 f"on the turns after it, so assistant spans cannot be found; use a template whose "
-                                 f"rendering of a conversation's first turns is a prefix of the whole rendering")
+                raise UserError(f"record {record_id!r}: the chat template renders turn {i} differently depending "
+                                f"on the turns after it, so assistant spans cannot be found; use a template whose "
+                                f"rendering of a conversation's first turns is a prefix of the whole rendering")
             closed = upto.rstrip()
             end = len(closed) if closed.endswith(special) and len(closed) > len(prefix) else len(upto)
             spans.append((len(prefix), end))
@@ -170,8 +170,8 @@ def _user_content_spans(record_id: str, turns: list[dict], render, full: str) ->
             content = turn["content"].strip()  # the template trims content (Llama-3's does)
             start = full.find(content, _content_start(turns, i, render))
             if start < 0:
-                raise ValueError(f"record {record_id!r}: the chat template does not write user turn {i} verbatim, "
-                                 f"so data.context_weight cannot find its tokens; set data.context_weight to 0")
+                raise UserError(f"record {record_id!r}: the chat template does not write user turn {i} verbatim, "
+                                f"so data.context_weight cannot find its tokens; set data.context_weight to 0")
             spans.append((start, start + len(content)))
     return spans
 
@@ -183,8 +183,8 @@ def _context_tokens(record_id: str, turns: list[dict], render, full: str,
     content = turns[u]["content"].strip()  # the template trims content (Llama-3's does)
     start = full.find(content, _content_start(turns, u, render))
     if start < 0:
-        raise ValueError(f"record {record_id!r}: the chat template does not write the first user turn verbatim, "
-                         f"so its document cannot be located for truncation; use a template that keeps content as is")
+        raise UserError(f"record {record_id!r}: the chat template does not write the first user turn verbatim, "
+                        f"so its document cannot be located for truncation; use a template that keeps content as is")
     question_break = content.rfind("\n\n")
     end = start + (question_break if question_break >= 0 else len(content))
     inside = [t for t, (a, b) in enumerate(offsets) if start <= a and b <= end]

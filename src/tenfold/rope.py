@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tenfold.errors import UserError
 from tenfold.recipe import RopeSettings
 
 # Keys each scaling type reads besides rope_theta (transformers' modeling_rope_utils).
@@ -93,7 +94,7 @@ def rotary_embedding(model) -> torch.nn.Module:
     for name, module in model.named_modules():
         if hasattr(module, "inv_freq") and "rotary" in name:
             return module
-    raise ValueError("no rotary embedding module with an inv_freq buffer in this model")
+    raise UserError("no rotary embedding module with an inv_freq buffer in this model")
 
 
 def rotary_inv_freq(model) -> torch.Tensor:

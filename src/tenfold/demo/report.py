@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from tenfold.io import write_atomic  # noqa: E402
+
 LABELS = {"before": "base", "rope_only": "RoPE base raised, no training", "after": "RoPE base raised + QLoRA"}
 
 
@@ -127,5 +129,5 @@ def write_report(out: Path, results: dict, rows: dict, timings: dict, training: 
               "Raw numbers: `results.json`; every needle prediction: `*/*.predictions.jsonl`; the training run: "
               f"`train-x{factor:g}/summary.json`.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines), "--output-dir")
     return path

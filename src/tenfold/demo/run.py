@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tenfold.config import load_settings, setting
 from tenfold.demo.measure import loss_by_position, needle_grid, short_check
-from tenfold.errors import RecipeError
+from tenfold.errors import RecipeError, UserError
+from tenfold.io import write_atomic, write_error
 from tenfold.toy import LINE_TOKENS, plain_record, question_record, synth_corpus
 
 BASE_MODEL = "tenfold/toy-llama"
@@ -36,7 +37,7 @@ def recipe_path() -> Path:
     if not path.is_file():  # run from outside the repository: the recipes beside the package's source
         path = Path(__file__).resolve().parents[3] / RECIPE
     if not path.is_file():
-        raise FileNotFoundError(f"{RECIPE} not found; run tenfold demo from the repository's root")
+        raise UserError(f"{RECIPE} not found; run tenfold demo from the repository's root")
     return path
 
 
@@ -125,7 +126,10 @@ def demo(settings: DemoSettings) -> dict:
     started, timings = time.perf_counter(), {}
     quick, overwrite = settings.quick, settings.overwrite
     out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e, "--output-dir") from None
     sizes = dataclasses.asdict(dataclasses.replace(settings.sizes, **QUICK) if quick else settings.sizes)
     factor = float(settings.rope_factor or load_recipe(recipe_path()).rope.theta_factor)
     config = load_config(BASE_MODEL)
@@ -167,7 +171,7 @@ def demo(settings: DemoSettings) -> dict:
                "loss_by_position": {name: row["loss"] for name, row in rows.items()},
                "short_check": {name: row["short"] for name, row in rows.items()},
                "seconds": round(time.perf_counter() - started, 1)}
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n", "--output-dir")
     from tenfold.demo.report import write_report
 
     write_report(out, results, rows, timings, training, theta, quick)

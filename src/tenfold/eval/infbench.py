@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from tenfold.config import setting
+from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
 from tenfold.eval.reference import paper_reported
@@ -41,34 +42,38 @@ def load_templates(prompts: str | Path | None = None, template_set: str = "yarn_
     path = Path(prompts) if prompts else cache_dir() / "infbench" / "prompt.py"
     if not path.is_file():
         if prompts:
-            raise FileNotFoundError(f"{path} not found; give InfiniteBench's src/prompt.py")
+            raise UserError(f"{path} not found; give InfiniteBench's src/prompt.py")
         try:
             with urllib.request.urlopen(PROMPT_URL, timeout=30) as reply:
                 text = reply.read()
         except OSError as e:
-            raise FileNotFoundError(f"could not download InfiniteBench's prompt.py ({e}); pass --prompts with "
-                                    f"src/prompt.py of an OpenBMB/InfiniteBench checkout") from None
+            raise UserError(f"could not download InfiniteBench's prompt.py ({e}); pass --prompts with "
+                            f"src/prompt.py of an OpenBMB/InfiniteBench checkout") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text)
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == f"{template_set}_templates":
             return ast.literal_eval(node.value)
-    raise ValueError(f"{path}: no {template_set}_templates; use yarn_mistral, gpt4, claude2 or kimi")
+    raise UserError(f"{path}: no {template_set}_templates; use yarn_mistral, gpt4, claude2 or kimi")
 
 
 def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
     if data_dir is None:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(DATA_REPO, f"{task}.jsonl", repo_type="dataset"))
+        try:
+            path = Path(hf_hub_download(DATA_REPO, f"{task}.jsonl", repo_type="dataset"))
+        except OSError as e:  # offline and not cached, or the hub unreachable (the hub's errors are OSErrors)
+            raise UserError(f"could not get {task}.jsonl of {DATA_REPO} from the Hugging Face hub "
+                            f"({type(e).__name__}); pass --data-dir with InfiniteBench's <task>.jsonl files") from None
     else:
         path = Path(data_dir) / f"{task}.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; --data-dir must hold InfiniteBench's <task>.jsonl files")
+            raise UserError(f"{path} not found; --data-dir must hold InfiniteBench's <task>.jsonl files")
     records = list(read_jsonl(path))
     for i, record in enumerate(records, start=1):
         if not {"id", "context", "input", "answer"} <= set(record):
-            raise ValueError(f"{path}, record {i}: needs id, context, input and answer (InfiniteBench's layout)")
+            raise RecordError(f"{path}, record {i}: needs id, context, input and answer (InfiniteBench's layout)")
     return records
 
 
@@ -112,12 +117,12 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
                  overwrite: bool = False) -> dict:
     """Generate and score into output_dir (infbench.json, .summary.json, .predictions.jsonl)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown InfiniteBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise RecipeError(f"unknown InfiniteBench preset {preset!r}; use one of {', '.join(PRESETS)}")
     tasks = list(tasks or TASKS)
     if any(t not in TASKS for t in tasks):
-        raise ValueError(f"infbench: unknown task(s) {set(tasks) - set(TASKS)}; use {', '.join(TASKS)}")
+        raise RecipeError(f"infbench: unknown task(s) {set(tasks) - set(TASKS)}; use {', '.join(TASKS)}")
     if backend.tokenizer is None:
-        raise ValueError(f"infbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
+        raise UserError(f"infbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
     settings = PRESETS[preset]
     check_length(backend, "infbench", truncate_length + 64, max(MAX_NEW_TOKENS[t] for t in tasks))  # 64: template
     templates = load_templates(prompts, template_set)

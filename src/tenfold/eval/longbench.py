@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 
 from tenfold.config import setting
-from tenfold.errors import UserError
+from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
@@ -158,7 +158,7 @@ def load_configs(config_dir: str | Path | None = None) -> tuple[dict[str, str], 
         if path.is_file():
             continue
         if config_dir:
-            raise FileNotFoundError(f"{path} is missing; give the folder LongBench/config of THUDM/LongBench")
+            raise UserError(f"{path} is missing; give the folder LongBench/config of THUDM/LongBench")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with urllib.request.urlopen(CONFIG_URL.format(name), timeout=30) as reply:
@@ -167,8 +167,8 @@ def load_configs(config_dir: str | Path | None = None) -> tuple[dict[str, str], 
             (folder / f"{name}.part").write_bytes(data)
             (folder / f"{name}.part").rename(path)
         except OSError as e:
-            raise FileNotFoundError(f"could not download LongBench's {name} ({e}); pass --config-dir with the "
-                                    f"folder LongBench/config of a THUDM/LongBench checkout") from None
+            raise UserError(f"could not download LongBench's {name} ({e}); pass --config-dir with the "
+                            f"folder LongBench/config of a THUDM/LongBench checkout") from None
     return tuple(json.loads((folder / name).read_text()) for name in CONFIG_FILES)
 
 
@@ -180,21 +180,25 @@ def load_data(dataset: str, data_dir: str | Path | None = None, longbench_e: boo
     candidates = [Path(data_dir) / f"{name}.jsonl", Path(data_dir) / "data" / f"{name}.jsonl"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"{candidates[0]} not found; --data-dir must hold LongBench's <name>.jsonl files "
-                                f"(the official data.zip unpacked)")
+        raise UserError(f"{candidates[0]} not found; --data-dir must hold LongBench's <name>.jsonl files "
+                        f"(the official data.zip unpacked)")
     records = list(read_jsonl(path))
     for i, record in enumerate(records):
         missing = {"input", "context", "answers", "length", "all_classes", "_id"} - set(record)
         if missing:
-            raise ValueError(f"{path}, record {i + 1}: lacks {', '.join(sorted(missing))}; "
-                             f"use LongBench's own JSONL files")
+            raise RecordError(f"{path}, record {i + 1}: lacks {', '.join(sorted(missing))}; "
+                              f"use LongBench's own JSONL files")
     return records
 
 
 def _hub_data_dir() -> Path:
     from huggingface_hub import hf_hub_download
 
-    archive = Path(hf_hub_download(DATA_REPO, "data.zip", repo_type="dataset"))
+    try:
+        archive = Path(hf_hub_download(DATA_REPO, "data.zip", repo_type="dataset"))
+    except OSError as e:  # offline and not cached, or the hub unreachable (the hub's errors are OSErrors)
+        raise UserError(f"could not get data.zip of {DATA_REPO} from the Hugging Face hub ({type(e).__name__}); "
+                        f"pass --data-dir with LongBench's <name>.jsonl files (data.zip unpacked)") from None
     target = cache_dir() / "longbench" / "data"
     if not (target / "data").is_dir():
         with zipfile.ZipFile(archive) as zf:
@@ -249,15 +253,15 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     limit: the first N records of each dataset.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise RecipeError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
     datasets = list(datasets or (LONGBENCH_E if longbench_e else ENGLISH))
     allowed = LONGBENCH_E if longbench_e else list(DATASET_METRIC)
     unknown = [d for d in datasets if d not in allowed]
     if unknown:
-        raise ValueError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
-                         f"use some of {', '.join(allowed)}")
+        raise RecipeError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
+                          f"use some of {', '.join(allowed)}")
     if backend.tokenizer is None:
-        raise ValueError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
+        raise UserError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
     if truncate_length is None:
         truncate_length = default_truncate_length(preset, backend.max_length)
     prompts, max_new_tokens = load_configs(config_dir)

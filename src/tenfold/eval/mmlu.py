@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from tenfold.config import setting
+from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import read_jsonl
 from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
@@ -62,11 +63,17 @@ def load_questions(data: str | Path | None = None) -> list[dict]:
     if data is None:
         from datasets import load_dataset
 
-        rows = load_dataset("cais/mmlu", "all", split="test")
+        try:
+            rows = load_dataset("cais/mmlu", "all", split="test")
+        except OSError as e:  # offline and not cached (datasets' not-found errors are OSErrors), no connection
+            raise UserError(f"could not load cais/mmlu from the Hugging Face hub ({type(e).__name__}); pass --data "
+                            f"with MMLU's data folder or a JSONL file") from None
         questions = [{"subject": r["subject"], "question": r["question"], "choices": list(r["choices"]),
                       "answer": int(r["answer"])} for r in rows]
     else:
         path = Path(data)
+        if not path.exists():  # named here: open()'s FileNotFoundError would be a traceback
+            raise UserError(f"mmlu data {path} not found; give MMLU's data folder or a JSONL file")
         questions = _read_csv_folder(path) if path.is_dir() else _read_jsonl(path)
     counts = defaultdict(int)
     for q in questions:
@@ -78,14 +85,14 @@ def load_questions(data: str | Path | None = None) -> list[dict]:
 def _read_csv_folder(folder: Path) -> list[dict]:
     test = next((d for d in (folder / "test", folder / "data" / "test", folder) if list(d.glob("*_test.csv"))), None)
     if test is None:
-        raise FileNotFoundError(f"{folder}: no <subject>_test.csv files (in it or in test/); give MMLU's data folder "
-                                f"as published (hendrycks/test data.tar) or a JSONL file")
+        raise UserError(f"{folder}: no <subject>_test.csv files (in it or in test/); give MMLU's data folder "
+                        f"as published (hendrycks/test data.tar) or a JSONL file")
     questions = []
     for path in sorted(test.glob("*_test.csv")):
         with open(path, newline="", encoding="utf-8") as f:
             for line, row in enumerate(csv.reader(f), start=1):
                 if len(row) != 6 or row[5] not in LETTERS:
-                    raise ValueError(f"{path}, line {line}: expected question,A,B,C,D,answer-letter")
+                    raise RecordError(f"{path}, line {line}: expected question,A,B,C,D,answer-letter")
                 questions.append({"subject": path.name[:-len("_test.csv")], "question": row[0], "choices": row[1:5],
                                   "answer": LETTERS.index(row[5])})
     return questions
@@ -99,7 +106,8 @@ def _read_jsonl(path: Path) -> list[dict]:
         answer = LETTERS.index(answer) if answer in LETTERS else answer
         if not isinstance(text, str) or "subject" not in record or len(record.get("choices", [])) != 4 \
                 or answer not in range(4):
-            raise ValueError(f"{path}, record {i}: needs question (or query), subject, 4 choices and answer 0-3 or A-D")
+            raise RecordError(f"{path}, record {i}: needs question (or query), subject, 4 choices and "
+                              f"answer 0-3 or A-D")
         questions.append({"subject": record["subject"], "question": text, "choices": list(record["choices"]),
                           "answer": answer})
     return questions
@@ -116,8 +124,8 @@ def letter_token_ids(tokenizer, prefix: str) -> tuple[str, list[int]]:
     while all(len(e) > shared + 1 for e in encoded) and len({tuple(e[:shared + 1]) for e in encoded}) == 1:
         shared += 1
     if any(len(e) != shared + 1 for e in encoded) or len({e[-1] for e in encoded}) != 4:
-        raise ValueError(f"mmlu: the tokenizer does not give {[prefix + x for x in LETTERS]} one distinct last "
-                         f"token each ({encoded}); use the other preset")
+        raise UserError(f"mmlu: the tokenizer does not give {[prefix + x for x in LETTERS]} one distinct last "
+                        f"token each ({encoded}); use the other preset")
     return tokenizer.decode(encoded[0][:shared]), [e[-1] for e in encoded]
 
 
@@ -159,18 +167,18 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
     subjects: only these; limit: the first N questions of each subject.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown MMLU preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise RecipeError(f"unknown MMLU preset {preset!r}; use one of {', '.join(PRESETS)}")
     settings = PRESETS[preset]
     questions = load_questions(data)
     if subjects:
         unknown = set(subjects) - {q["subject"] for q in questions}
         if unknown:
-            raise ValueError(f"mmlu: no questions for {', '.join(sorted(unknown))} in the data")
+            raise UserError(f"mmlu: no questions for {', '.join(sorted(unknown))} in the data")
         questions = [q for q in questions if q["subject"] in subjects]
     if limit is not None:
         questions = [q for q in questions if int(q["id"].rsplit("/", 1)[1]) < limit]
     if backend.tokenizer is None:
-        raise ValueError(f"mmlu: {backend.name} has no tokenizer; letter scores need the transformers backend")
+        raise UserError(f"mmlu: {backend.name} has no tokenizer; letter scores need the transformers backend")
     appended, letter_ids = letter_token_ids(backend.tokenizer, settings["prefix"])
 
     out = Path(output_dir)

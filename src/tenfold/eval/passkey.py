@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tenfold.config import setting
+from tenfold.errors import UserError
 from tenfold.eval.metrics import first_integer
 from tenfold.eval.haystack import fill, insertion_point
 from tenfold.eval.plots import heatmap
@@ -37,8 +38,8 @@ def build_cases(tokenizer, lengths: list[int], depths: list[float], seed: int = 
     cases = []
     for length in lengths:
         if length - fixed < 1:
-            raise ValueError(f"passkey: length {length} leaves no room for filler around the {fixed}-token "
-                             f"description, key and question; use longer lengths")
+            raise UserError(f"passkey: length {length} leaves no room for filler around the {fixed}-token "
+                            f"description, key and question; use longer lengths")
         context = filler[:length - fixed]
         for depth in depths:
             key = int(rng.integers(10**4, 10**5))

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenfold.config import read_recipe_file, setting
+from tenfold.errors import RecipeError
 from tenfold.eval import BENCHMARKS, benchmark_options, run_benchmark
 from tenfold.eval.runner import model_lengths
 from tenfold.generation import load_backend
+from tenfold.io import write_atomic
 
 # per-benchmark detail rows; "categories" (LongBench, MMLU) and "scores" (InfiniteBench's tasks) are what the
 # paper reported too
@@ -52,14 +54,14 @@ def load_suite(suite: str | Path | dict) -> dict:
     section = raw.get("eval", raw)
     models, benchmarks = section.get("models"), section.get("benchmarks")
     if not isinstance(models, dict) or not models or not isinstance(benchmarks, dict) or not benchmarks:
-        raise ValueError(f"{source}: the eval section needs `models` (name -> {{model: ...}}) and `benchmarks` "
-                         f"(name -> options) mappings")
+        raise RecipeError(f"{source}: the eval section needs `models` (name -> {{model: ...}}) and `benchmarks` "
+                          f"(name -> options) mappings")
     unknown = [name for name in benchmarks if name not in BENCHMARKS]
     if unknown:
-        raise ValueError(f"{source}: unknown benchmark(s) {', '.join(unknown)}; use {', '.join(BENCHMARKS)}")
+        raise RecipeError(f"{source}: unknown benchmark(s) {', '.join(unknown)}; use {', '.join(BENCHMARKS)}")
     for name, spec in models.items():
         if not isinstance(spec, dict) or "model" not in spec:
-            raise ValueError(f"{source}: model {name!r} needs a `model:` key (path, hub id or tenfold/<name>)")
+            raise RecipeError(f"{source}: model {name!r} needs a `model:` key (path, hub id or tenfold/<name>)")
     benchmarks = {name: benchmark_options(name, options, source) for name, options in benchmarks.items()}
     return {"models": models, "benchmarks": benchmarks, "backend_options": section.get("backend_options") or {}}
 
@@ -125,6 +127,6 @@ def run_suite(suite: str | Path | dict, output_dir: str | Path, overwrite: bool 
     table = {"models": list(settings["models"]), "columns": columns, "benchmarks": list(settings["benchmarks"]),
              "rows": rows, "summaries": summaries}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
-    (out / "summary.md").write_text(markdown_table(columns, rows))
+    write_atomic(out / "summary.json", json.dumps(table, indent=1, default=str) + "\n", "--output-dir")
+    write_atomic(out / "summary.md", markdown_table(columns, rows), "--output-dir")
     return table

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenfold.config import setting
-from tenfold.errors import RecordError
+from tenfold.errors import RecordError, UserError
 from tenfold.io import read_jsonl
 from tenfold.eval.plots import line_plot
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
@@ -51,7 +51,7 @@ def generated_cases(num_topics: list[int], samples: int, turns: int = 2, seed: i
     rng = random.Random(seed)
     pairs = [(a, s) for a in ASPECTS for s in SUBJECTS]
     if max(num_topics) > len(pairs):
-        raise ValueError(f"topic: the built-in generator has {len(pairs)} topics; ask for at most that many")
+        raise UserError(f"topic: the built-in generator has {len(pairs)} topics; ask for at most that many")
     cases = []
     for n in num_topics:
         for i in range(samples):
@@ -69,11 +69,11 @@ def file_cases(path: str | Path, num_topics: list[int] | None) -> list[dict]:
     if path.is_dir():
         files = sorted(path.glob("*_topics.jsonl"), key=lambda f: int(f.name.split("_")[0]))
         if not files:
-            raise FileNotFoundError(f"{path} holds no LongChat testcases (<N>_topics.jsonl)")
+            raise UserError(f"{path} holds no LongChat testcases (<N>_topics.jsonl)")
     elif path.is_file():
         files = [path]
     else:
-        raise FileNotFoundError(f"topic data {path} not found; pass LongChat's testcases directory or a JSON/JSONL file")
+        raise UserError(f"topic data {path} not found; pass LongChat's testcases directory or a JSON/JSONL file")
     cases = []
     for file in files:
         text = file.read_text()
@@ -107,7 +107,7 @@ def run_topic(backend, output_dir: str | Path, data: str | Path | None = None, n
     """Accuracy per number of topics into output_dir (topic.json, topic.png); returns the summary."""
     cases = file_cases(data, num_topics) if data else generated_cases(num_topics or NUM_TOPICS, samples, turns, seed)
     if not cases:
-        raise ValueError(f"topic: no records with {num_topics} topics in {data}")
+        raise UserError(f"topic: no records with {num_topics} topics in {data}")
     longest = max(cases, key=lambda c: len(c["prompt"]))
     check_length(backend, "topic", backend.prompt_length(longest["prompt"]), max_new_tokens)
 

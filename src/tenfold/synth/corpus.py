@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from tenfold.errors import UserError
 from tenfold.io import warn
 
 TEXT_SUFFIXES = {".txt", ".md"}
@@ -152,8 +153,8 @@ def read_corpus(path: str | Path, skipped: Counter, text_field: str = "text") ->
         dataset = datasets.load_dataset(str(path), split="train", streaming=True)
         yield from _dataset_documents(dataset, str(path), text_field, skipped)
     else:
-        raise FileNotFoundError(f"corpus {path} not found; give a folder, a .jsonl/.parquet file, a saved "
-                                f"dataset folder or a hub dataset id")
+        raise UserError(f"corpus {path} not found; give a folder, a .jsonl/.parquet file, a saved "
+                        f"dataset folder or a hub dataset id")
 
 
 def _dataset_documents(dataset: Iterable[dict], source: str, text_field: str, skipped: Counter) -> Iterator[Document]:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tenfold.config import setting
 from tenfold.errors import RecipeError
-from tenfold.io import AppendLog, warn, write_atomic
+from tenfold.io import AppendLog, warn, write_atomic, write_error
 from tenfold.models import load_tokenizer, plain_tokenizer_file, target_tokenizer
 from tenfold.synth.cluster import DEFAULT_EMBEDDING_MODEL, heterogeneous_groups
 from tenfold.synth.corpus import Document, filter_documents, read_corpus, text_id
@@ -114,7 +114,10 @@ class ResponseCache:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.directory, e, "--cache-dir") from None
 
     def _path(self, backend: str, model: str, prompt: str) -> Path:
         key = hashlib.sha256(json.dumps([backend, model, prompt]).encode()).hexdigest()
@@ -129,7 +132,10 @@ class ResponseCache:
 
     def put(self, backend: str, model: str, prompt: str, reply: Reply) -> None:
         path = self._path(backend, model, prompt)
-        path.parent.mkdir(exist_ok=True)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as e:
+            raise write_error(path, e, "--cache-dir") from None
         write_atomic(path, json.dumps(dataclasses.asdict(reply)), "--cache-dir")
 
 
@@ -185,7 +191,7 @@ async def run_contexts(todo, done: set[str], process, output: AppendLog, setting
                        stats: Counter) -> None:
     """process(context, fd) for each (id, build) of `todo` not in `done`, at most 2 x concurrency contexts in
     flight (the generator bounds the requests); the first failure cancels the rest and is raised."""
-    fd = os.open(output.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = output.open()
     pending: set[asyncio.Task] = set()
     started = len(done)
     try:
@@ -217,7 +223,10 @@ async def run_contexts(todo, done: set[str], process, output: AppendLog, setting
 def synth(settings: SynthSettings) -> dict:
     """Run the synthesis; returns (and writes) the summary."""
     output = Path(settings.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:  # before a generator loads its model: an output folder that cannot be made is told at once
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(output, e, "--output") from None
     count_tokens = token_counter(settings.tokenizer)
     log = AppendLog(output, "--output", "use a new --output file")
     done = set(log.finished(keep_records=False))

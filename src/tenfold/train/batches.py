@@ -15,7 +15,7 @@ from tqdm import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tenfold import records
-from tenfold.errors import RecordError
+from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import check_jsonl_bytes, read_jsonl, write_jsonl
 from tenfold.records import encode_record, record_tokens
 from tenfold.toy import TOY_DATA, toy_records
@@ -75,11 +75,11 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
     """
     files = [str(resolve_data_file(f, out).resolve()) for f in recipe.data.train_files]
     if not files:
-        raise ValueError("no training data: set data.train_files in the recipe or pass --data FILE")
+        raise UserError("no training data: set data.train_files in the recipe or pass --data FILE")
     digests = {}
     for f in files:
         if not Path(f).is_file():
-            raise FileNotFoundError(f"training data file {f} not found")
+            raise UserError(f"training data file {f} not found")
         data = Path(f).read_bytes()
         check_jsonl_bytes(f, data)  # empty, binary, not UTF-8: named here, before datasets' own messages
         digests[f] = hashlib.sha256(data).hexdigest()
@@ -101,7 +101,7 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
     counts = Counter(rows["status"])
     usable = rows.filter(lambda status: not status.startswith("skipped"), input_columns="status")
     if len(usable) == 0:
-        raise ValueError(f"no usable training records in {files}: {dict(counts)}")
+        raise UserError(f"no usable training records in {files}: {dict(counts)}")
     return usable.with_format("torch"), {
         "records": len(rows), "used": len(usable), "truncated": counts.get("truncated", 0),
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped")},
@@ -117,8 +117,8 @@ def batch_plan(lengths: list[int], recipe: Recipe, world_size: int) -> list[list
     t = recipe.train
     per_step = t.batch_size // t.micro_batch_size  # micro-batches per optimizer step, over all processes
     if per_step % world_size:
-        raise ValueError(f"train.batch_size {t.batch_size} / micro_batch_size {t.micro_batch_size} = {per_step} "
-                         f"micro-batches per step cannot be split over {world_size} processes")
+        raise RecipeError(f"train.batch_size {t.batch_size} / micro_batch_size {t.micro_batch_size} = {per_step} "
+                          f"micro-batches per step cannot be split over {world_size} processes")
     plan = []
     for epoch in range(t.epochs):
         generator = torch.Generator().manual_seed(t.seed + epoch)

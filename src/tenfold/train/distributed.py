@@ -18,6 +18,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
+from tenfold.errors import UserError
+
 # Rank 0 receives the whole trainable state in CPU memory; the frozen base is never gathered.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
@@ -47,8 +49,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
                                process_index=torch.distributed.get_rank(),
                                local_process_index=int(os.environ.get("LOCAL_RANK", 0)))
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
-                         "(recipes/accelerate/fsdp2.yaml)")
+        raise UserError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
+                        "(recipes/accelerate/fsdp2.yaml)")
     return accelerator
 
 

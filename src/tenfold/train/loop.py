@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from tenfold.errors import RecipeError, UserError
+from tenfold.io import write_error
 from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
 from tenfold.train.batches import batch_plan, collate, encode_files
@@ -102,8 +104,8 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     reset_accelerator_state()  # a second train() in this process may want another precision
     accelerator = make_accelerator(mixed_precision(recipe))
     if accelerator.distributed_type == DistributedType.DEEPSPEED and recipe.train.save_every:
-        raise ValueError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
-                         "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
+        raise RecipeError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
+                          "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
     out = Path(recipe.train.output_dir)
     if overwrite:
         if accelerator.is_main_process:
@@ -130,10 +132,10 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
     # Sequence parallel: groups of train.sequence_parallel processes share each micro-batch, a slice each.
     sp = t.sequence_parallel
     if accelerator.num_processes % sp:
-        raise ValueError(f"train.sequence_parallel {sp} does not divide the {accelerator.num_processes} processes")
+        raise RecipeError(f"train.sequence_parallel {sp} does not divide the {accelerator.num_processes} processes")
     plan = batch_plan(lengths, recipe, accelerator.num_processes // sp)
     if not plan:
-        raise ValueError(f"{len(lengths)} usable records do not fill one step of train.batch_size {t.batch_size}")
+        raise UserError(f"{len(lengths)} usable records do not fill one step of train.batch_size {t.batch_size}")
 
     model, rope = load_model_for_training(recipe, accelerator.device)
     if sp > 1:
@@ -156,8 +158,11 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
         start_step, totals = load_checkpoint(checkpoint, model, optimizer.optimizer, scheduler, recipe)
         accelerator.print(f"resuming from {checkpoint} at step {start_step}")
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_recipe(recipe, out / "recipe.yaml")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            dump_recipe(recipe, out / "recipe.yaml")
+        except OSError as e:
+            raise write_error(out / "recipe.yaml", e, "train.output_dir") from None
     return Run(recipe, accelerator, out, tokenizer, rows, plan, rows.with_format(None)["loss_weight"], model,
                loss_model, optimizer, scheduler, [p for p in loss_model.parameters() if p.requires_grad], sharded,
                rope, data_counts, start_step, totals)
@@ -255,8 +260,11 @@ def cleanup(run: Run, seconds: float, tokens: int) -> dict:
         "sharded": run.sharded, "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
     }
     if accelerator.is_main_process:
-        save_adapter(run.out / "adapter", run.model, weights, run.tokenizer, run.recipe, run.rope)
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        try:  # the checkpoints stay until both are written: a rerun resumes from the last one
+            save_adapter(run.out / "adapter", run.model, weights, run.tokenizer, run.recipe, run.rope)
+            (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:
+            raise write_error(run.out, e, "train.output_dir") from None
         shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
     # Free the DDP wrapper while every process is alive and its process group still registered: freed
     # after end_training, the last reference to a gloo group can hang in its destructor once a peer has exited.
@@ -275,8 +283,8 @@ def finished_run(out: Path, recipe: Recipe) -> dict | None:
         return None
     changed = changed_settings(json.loads(meta.read_text())["recipe"], recipe_to_dict(recipe))
     if changed:
-        raise ValueError(f"{out} holds a finished run with other settings ({', '.join(changed)}); "
-                         f"use a new train.output_dir, or --overwrite to train it again")
+        raise UserError(f"{out} holds a finished run with other settings ({', '.join(changed)}); "
+                        f"use a new train.output_dir, or --overwrite to train it again")
     return json.loads(summary.read_text())
 
 
@@ -333,13 +341,17 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, totals: d
     root = out / "checkpoints"
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng_state()},
-               tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "totals": totals,
-                                                   "recipe": recipe_to_dict(recipe)}))
-    os.replace(tmp, root / f"step-{step}")  # atomic: a kill leaves the old checkpoint or the new one
+    try:  # a full disk inside torch.save or safetensors is their own error type, not an OSError
+        tmp.mkdir(parents=True)
+        save_file(weights, tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng_state()},
+                   tmp / "state.pt")
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "totals": totals,
+                                                       "recipe": recipe_to_dict(recipe)}))
+        os.replace(tmp, root / f"step-{step}")  # atomic: a kill leaves the old checkpoint or the new one
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(root / f"step-{step}", e, "train.output_dir") from None
     for old in root.glob("step-*"):
         if old.name != f"step-{step}":
             shutil.rmtree(old, ignore_errors=True)
@@ -354,8 +366,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe: Recipe) -> 
     progress = json.loads((path / "progress.json").read_text())
     changed = changed_settings(progress["recipe"], recipe_to_dict(recipe))
     if changed:
-        raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
-                         f"resume with the same recipe, or use a new train.output_dir")
+        raise UserError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
+                        f"resume with the same recipe, or use a new train.output_dir")
     weights = load_file(path / "trainable.safetensors")
     if set(weights) != set(trainable_state(model)):
         raise ValueError(f"{path} does not match this model's trainable weights")

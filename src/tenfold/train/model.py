@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from tenfold.errors import RecipeError
 from tenfold.models import load_model
 from tenfold.recipe import LoraSettings, Recipe
 from tenfold.train.rms_norm import lean_rms_norms
@@ -77,8 +78,8 @@ def trains_tied_embedding(model, settings: LoraSettings) -> bool:
     embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()).rsplit(".", 1)[-1]
     head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()).rsplit(".", 1)[-1]
     if head in names and embedding not in names:
-        raise ValueError(f"lora.extra_trainable: {head} shares its matrix with {embedding} in this model "
-                         f"(tie_word_embeddings); train {embedding} instead (the head follows it)")
+        raise RecipeError(f"lora.extra_trainable: {head} shares its matrix with {embedding} in this model "
+                          f"(tie_word_embeddings); train {embedding} instead (the head follows it)")
     return embedding in names
 
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch.distributed.nn.functional import all_to_all_single
 from transformers import AttentionInterface, AttentionMaskInterface
 
+from tenfold.errors import RecipeError
+
 ATTENTION = "tenfold_ulysses"
 _group: dist.ProcessGroup | None = None  # this process's sequence-parallel group
 
@@ -34,11 +36,11 @@ def setup(model, degree: int) -> tuple[int, int]:
     global _group
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % degree:
-        raise ValueError(f"train.sequence_parallel {degree} does not divide the {world} processes")
+        raise RecipeError(f"train.sequence_parallel {degree} does not divide the {world} processes")
     config = model.config
     if config.num_attention_heads % degree:
-        raise ValueError(f"train.sequence_parallel {degree} must divide the model's "
-                         f"{config.num_attention_heads} attention heads")
+        raise RecipeError(f"train.sequence_parallel {degree} must divide the model's "
+                          f"{config.num_attention_heads} attention heads")
     for start in range(0, world, degree):
         group = dist.new_group(list(range(start, start + degree)))
         if start <= rank < start + degree:

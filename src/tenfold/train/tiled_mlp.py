@@ -19,6 +19,8 @@ import warnings
 import torch
 from torch import nn
 
+from tenfold.errors import RecipeError
+
 
 class TiledMLPFunction(torch.autograd.Function):
     """forward(x) of a position-wise module, tile by tile; `params` are its trainable parameters."""
@@ -37,8 +39,8 @@ class TiledMLPFunction(torch.autograd.Function):
         for start in range(0, flat.shape[1], tile_tokens):
             y = forward(flat[:, start:start + tile_tokens])
             if not isinstance(y, torch.Tensor):
-                raise TypeError(f"a tiled MLP must return one tensor, not {type(y).__name__} (a router's "
-                                f"outputs?); set model.mlp_tile_tokens to 0 for this model")
+                raise RecipeError(f"a tiled MLP must return one tensor, not {type(y).__name__} (a router's "
+                                  f"outputs?); set model.mlp_tile_tokens to 0 for this model")
             if out is None:  # the output's dtype is the MLP's (autocast's), not necessarily the input's
                 out = y.new_empty(flat.shape[:-1] + y.shape[-1:])
             out[:, start:start + y.shape[1]] = y
