@@ -182,7 +182,7 @@ def test_haystack_is_the_same_everywhere_files_sorted(tmp_path):
     (tmp_path / "notes.md").write_text("not a haystack file")
     assert read_haystack(tmp_path) == "first file. second file. "
     assert read_haystack("toy", 3000) == read_haystack(None, 3000) and len(read_haystack("toy", 3000)) >= 3000
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         read_haystack(tmp_path / "missing.txt")
 
 
@@ -201,9 +201,9 @@ def test_haystack_order_sorted_filesystem_or_a_listing(tmp_path):
     listing.write_text(f"long-llm/README.txt\n{folder}b.txt\n{folder}\n{folder}c.txt\na.txt\n")
     assert read_haystack(tmp_path, order=str(listing)) == "b. c. a. "  # only lines in a folder of its name
     listing.write_text("b.txt\na.txt\n")
-    with pytest.raises(FileNotFoundError, match="1 present but not listed"):
+    with pytest.raises(UserError, match="1 present but not listed"):
         haystack_files(tmp_path, str(listing))
-    with pytest.raises(FileNotFoundError, match="not 'sorted', 'filesystem'"):
+    with pytest.raises(UserError, match="not 'sorted', 'filesystem'"):
         haystack_files(tmp_path, "random")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tenfold.errors import UserError
+from tenfold.errors import RecipeError, UserError
 from tenfold.io import file_sha256
 from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
                             resolve_model_path)
@@ -104,7 +104,7 @@ def render_prompt(tokenizer, prompt: str, chat: bool, answer_prefix: str = "") -
     if not chat:
         return list(tokenizer(prompt)["input_ids"]) + prefix
     if not tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat template; pass chat=False (--no-chat) or a tokenizer that has one")
+        raise UserError("the tokenizer has no chat template; pass chat=False (--no-chat) or a tokenizer that has one")
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     # A template that writes the BOS itself must not get a second one from the tokenizer.
@@ -138,7 +138,7 @@ class GenerationControls:
             value = getattr(self, field)
             texts = (value,) if isinstance(value, str) else tuple(value)
             if not all(isinstance(text, str) and text for text in texts):
-                raise ValueError(f"GenerationControls.{field}: give non-empty strings, not {value!r}")
+                raise UserError(f"GenerationControls.{field}: give non-empty strings, not {value!r}")
             object.__setattr__(self, field, texts)
 
     @property
@@ -204,7 +204,7 @@ class Backend:
     def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
         """Tokens the model reads for this prompt (template included)."""
         if self.tokenizer is None:
-            raise ValueError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path)")
+            raise UserError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path)")
         return len(render_prompt(self.tokenizer, prompt, chat, answer_prefix))
 
     def describe(self) -> dict:
@@ -388,7 +388,7 @@ class OpenAIBackend(Backend):
 
     def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
         if self.tokenizer is None:
-            raise ValueError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path "
+            raise UserError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path "
                              f"of a tokenizer close to the served model's)")
         return len(self.tokenizer(prompt + answer_prefix, add_special_tokens=False)["input_ids"])
 
@@ -435,7 +435,7 @@ class VLLMBackend(Backend):
 
         path = resolve_model_path(model)
         if is_adapter_dir(path):
-            raise ValueError(f"{model}: vLLM needs a standalone model; run `tenfold merge` first")
+            raise UserError(f"{model}: vLLM needs a standalone model; run `tenfold merge` first")
         overrides = {"rope_theta": rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}} \
             if rope_theta else None
         self.name, self.rope_theta, self.chat_template = model, rope_theta, chat_template
@@ -492,10 +492,10 @@ def load_backend(model: str, backend: str = "transformers", rope_theta: float | 
                  tokenizer: str | None = None, **options) -> Backend:
     """A model ready for the benchmarks. `rope_theta` overrides the RoPE base in memory (not for openai)."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        raise RecipeError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "openai":
         if rope_theta is not None:
-            raise ValueError("--rope-theta cannot change a model behind an API; serve it with the base you want")
+            raise UserError("--rope-theta cannot change a model behind an API; serve it with the base you want")
         if options.pop("chat_template", "tokenizer") != "tokenizer":
             raise UserError("--chat-template: a model behind an API is rendered by its server's template; "
                             "serve it with the template you want")

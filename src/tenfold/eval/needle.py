@@ -43,6 +43,7 @@ from typing import Literal
 
 import numpy as np
 
+from tenfold.errors import RecipeError, UserError
 from tenfold.config import setting
 from tenfold.eval.haystack import fill, haystack_files, haystack_path, insertion_point, read_haystack
 from tenfold.eval.metrics import JUDGE_CRITERIA, Judge, labeled_score_string, rouge_l_f1, rouge_l_recall
@@ -126,11 +127,11 @@ def paper_prompt_ids(tokenizer, haystack_text: str, length: int, depths: list[fl
     prefix, needle, question = encode(preset.prefix), encode(preset.needle), encode(preset.question)
     words = len(haystack_text.split())
     if words == 0:
-        raise ValueError("needle: the haystack is empty")
+        raise UserError("needle: the haystack is empty")
     first, last = len(prefix), length - len(question) - len(needle) - 1
     budget = length - len(prefix) - len(needle) - len(question)
     if first > length or last < 0 or budget < 1:
-        raise ValueError(f"needle: length {length} leaves no room for a haystack around the "
+        raise UserError(f"needle: length {length} leaves no room for a haystack around the "
                          f"{length - budget}-token prefix, needle and question; use longer lengths")
     repeats = math.ceil(length / words) if length > words else 1
     encoded = {} if encoded is None else encoded
@@ -151,7 +152,7 @@ def paper_clean_up(tokenizer, text: str, clean_up_spaces: str = "tokenizer") -> 
     it here, for the prompts and for the predictions it scores. Llama-3's config says true (the paper's
     runs); "yes" or "no" overrides the config (a newer copy of a model's config may say otherwise)."""
     if clean_up_spaces not in ("tokenizer", "yes", "no"):
-        raise ValueError(f"needle: clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
+        raise UserError(f"needle: clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
     clean = clean_up_spaces == "yes" or (
         clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
     return tokenizer.clean_up_tokenization(text) if clean else text
@@ -182,7 +183,7 @@ def original_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[
     fixed = len(encode(preset.prefix)) + len(encode(preset.needle)) + len(encode(preset.question))
     budgets = {length: length - preset.buffer - fixed for length in preset.lengths}
     if min(budgets.values()) < 1:
-        raise ValueError(f"needle: length {min(preset.lengths)} leaves no room for a haystack around the "
+        raise UserError(f"needle: length {min(preset.lengths)} leaves no room for a haystack around the "
                          f"{fixed}-token prefix, needle and question; use longer lengths")
     haystack = fill(encode(haystack_text), max(budgets.values()))
     cases = []
@@ -206,11 +207,11 @@ def paper_grid(cells: list[dict]) -> dict:
 
 def needle_settings(preset: str, lengths, depths, training_length, scorer, overrides: dict) -> NeedlePreset:
     if preset not in PRESETS:
-        raise ValueError(f"unknown needle preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise RecipeError(f"unknown needle preset {preset!r}; use one of {', '.join(PRESETS)}")
     settings = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     settings.scorer = scorer or settings.scorer
     if settings.scorer not in SCORERS:
-        raise ValueError(f"unknown needle scorer {settings.scorer!r}; use one of {', '.join(SCORERS)}")
+        raise RecipeError(f"unknown needle scorer {settings.scorer!r}; use one of {', '.join(SCORERS)}")
     settings.lengths = sorted(lengths or settings.lengths)
     settings.depths = sorted(depths if depths is not None else settings.depths)
     settings.training_length = training_length or settings.training_length
@@ -261,7 +262,7 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
     other settings in output_dir are refused, or discarded with `overwrite`."""
     settings = needle_settings(preset, lengths, depths, training_length, scorer, preset_overrides)
     if backend.tokenizer is None:
-        raise ValueError(f"needle: {backend.name} has no tokenizer to cut the haystack with; pass --tokenizer")
+        raise UserError(f"needle: {backend.name} has no tokenizer to cut the haystack with; pass --tokenizer")
     check_length(backend, "needle", max(settings.lengths) + backend.prompt_length(""), settings.max_new_tokens)
     if settings.scorer == "judge":
         labeled_score_string(tuple(JUDGE_CRITERIA.items()))  # LangChain missing: say so before any work

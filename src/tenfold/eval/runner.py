@@ -21,6 +21,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from tenfold.errors import UserError
 from tenfold.generation import GenerationControls
 from tenfold.io import AppendLog, write_atomic
 
@@ -29,7 +30,7 @@ def check_length(backend, benchmark: str, longest_prompt: int, max_new_tokens: i
     """Refuse, before any work, a length the model cannot hold."""
     need = longest_prompt + max_new_tokens
     if backend.max_length is not None and need > backend.max_length:
-        raise ValueError(
+        raise UserError(
             f"{benchmark}: a {longest_prompt}-token prompt plus {max_new_tokens} new tokens exceeds what "
             f"{backend.name} holds ({backend.max_length} tokens); drop the longer lengths, or pass "
             f"--max-length {need} to run past the model's configured length anyway (to see where it fails)")
@@ -37,7 +38,7 @@ def check_length(backend, benchmark: str, longest_prompt: int, max_new_tokens: i
     if estimate is not None:
         needed, free = estimate(need), backend.free_bytes()
         if needed > free:
-            raise ValueError(
+            raise UserError(
                 f"{benchmark}: generating from {need} tokens needs about {needed / 2**30:.1f} GiB (KV cache and "
                 f"activations of one batch) but {free / 2**30:.1f} GiB are free on {backend.device}; drop the "
                 f"longer lengths or lower --batch-size")
@@ -103,10 +104,10 @@ def claim_predictions(backend, predictions_path: str | Path, settings: dict, ove
     fix = "pass --overwrite (overwrite=True) to discard them, or choose another --output-dir"
     if held and not overwrite:
         if old is None:
-            raise ValueError(f"{path.parent}: holds {name} predictions from before tenfold recorded what made "
+            raise UserError(f"{path.parent}: holds {name} predictions from before tenfold recorded what made "
                              f"them (no {key_path.name}), so they may come from another model or setting; {fix}")
         if old != key:
-            raise ValueError(f"{path.parent}: holds {name} predictions made otherwise "
+            raise UserError(f"{path.parent}: holds {name} predictions made otherwise "
                              f"({key_differences(old, key)}); {fix}")
     if held and overwrite:
         path.unlink()

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from tenfold.errors import RecipeError, UserError
 from tenfold.generation import TransformersBackend, openai_client
 from tenfold.synth import limits
 from tenfold.synth.extractive import extract
@@ -179,7 +180,7 @@ class TransformersGenerator:
 
         self.model, self.max_new_tokens, self.temperature = model, max_new_tokens, temperature
         if not load_tokenizer(model).chat_template:  # before the model's weights are loaded
-            raise ValueError(f"generator model {model} has no chat template; use an instruct model")
+            raise UserError(f"generator model {model} has no chat template; use an instruct model")
         self.llm = TransformersBackend(model, max_length=context_tokens, batch_size=1)
         self.context_tokens = self.llm.max_length
         self.lock = threading.Lock()  # one generate() at a time on the one model
@@ -215,7 +216,7 @@ def make_generator(settings) -> OfflineGenerator | OpenAIGenerator | Transformer
             settings.generator_context_tokens or 128_000, settings.requests_per_minute, settings.tokens_per_minute)
     if settings.generator == "transformers":
         if not settings.model:
-            raise ValueError("--generator transformers needs --model (a local path or hub id of an instruct model)")
+            raise UserError("--generator transformers needs --model (a local path or hub id of an instruct model)")
         return TransformersGenerator(settings.model, settings.max_new_tokens, settings.temperature,
                                      settings.generator_context_tokens)
-    raise ValueError(f"unknown generator {settings.generator!r}; use offline, openai or transformers")
+    raise RecipeError(f"unknown generator {settings.generator!r}; use offline, openai or transformers")
