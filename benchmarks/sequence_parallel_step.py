@@ -1,4 +1,4 @@
-"""One process of a sequence-parallel measurement (tests/test_sequence_parallel.py, benchmarks/
+"""One process of a sequence-parallel measurement (tests/train/test_sequence_parallel.py, benchmarks/
 sequence_parallel_memory.py): one sequence's loss, LoRA gradients and step memory, split over
 the processes (Ulysses), then whole on this process alone (the 1-process step). Rank 0 saves what it saw."""
 

@@ -7,7 +7,7 @@ eval.py and metrics.py). The python given (default: this one) must have what Lon
 requirements.txt installs for scoring, and nothing more: `pip install rouge==1.0.1 jieba==0.42.1
 fuzzywuzzy==0.18.0 numpy` and NOT python-Levenshtein (with it fuzzywuzzy scores code differently).
 
-`build_cases()` is the set of predictions the parity test scores (tests/test_longbench.py imports it
+`build_cases()` is the set of predictions the parity test scores (tests/eval/test_longbench.py imports it
 from here): every metric, Chinese included, and the edge cases (empty, multi-line, unicode, long
 inputs around the `rouge` recursion limit, the classification quirk). The script copies eval.py and
 metrics.py into a temporary folder, writes the cases as eval.py's pred/<model>/<dataset>.jsonl

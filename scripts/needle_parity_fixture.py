@@ -22,7 +22,7 @@ words per token, so the paper's word-count rule repeats the text) and one short 
 times). The fixture stores the glob order of the directory (tenfold's test replays it as a haystack
 order file), per prompt the ids before the decode and a hash of the model's input ids after the chat
 template, and the reference's ROUGE (`main/longbench_utils.rouge_score`, called on each of
-`PREDICTIONS` against the needle as main() calls it). tests/test_needle.py imports write_haystack and
+`PREDICTIONS` against the needle as main() calls it). tests/eval/test_needle.py imports write_haystack and
 PREDICTIONS from here.
 """
 

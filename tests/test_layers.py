@@ -57,3 +57,12 @@ def test_the_check_sees_an_upward_import(tmp_path):
     (tmp_path / "models.py").write_text("from tenfold.eval import BENCHMARKS\n")
     assert upward_imports(tmp_path) == ["tenfold.models imports tenfold.eval",
                                         "tenfold.synth.run imports tenfold.train.model"]
+
+
+def test_tests_mirror_src():
+    """tests/<package>/ holds the tests of src/tenfold/<package>/; the floor modules' and top-level verbs' tests
+    are in tests/ itself."""
+    tests = Path(__file__).resolve().parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("fixtures", "__pycache__")}
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
+    assert folders and folders <= packages

@@ -118,7 +118,7 @@ def learning_rate(step: int) -> float:
     Not transformers' get_cosine_schedule_with_warmup: that one has the same rates from step WARMUP on but warms
     up from 0 (step s at s/WARMUP of the peak, here (s+1)/WARMUP, so its first step does not move the weights),
     and no choice of its arguments gives this warm-up. The shipped toy-llama was trained with this schedule, so
-    a rerun of the script keeps it (tests/test_demo.py holds the two schedules side by side)."""
+    a rerun of the script keeps it (tests/demo/test_demo.py holds the two schedules side by side)."""
     if step < WARMUP:
         return LEARNING_RATE * (step + 1) / WARMUP
     return LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (STEPS - WARMUP)))

@@ -55,7 +55,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
 
 
 # accelerate's process state has no public setter and no public reset: these two functions are the only places
-# tenfold reaches into it; tests/test_library_internals.py fails if accelerate changes what they rely on.
+# tenfold reaches into it; tests/train/test_distributed_internals.py fails if accelerate changes what they rely on.
 
 def override_process_state(accelerator: Accelerator, fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
                            **fields) -> None:

@@ -59,7 +59,7 @@ def computes_llama_rms_norm(module: nn.Module) -> bool:
 
     The class name alone would also take Gemma's (x * (1 + weight)) and OLMo-2's (weight applied before
     the downcast), which compute something else. Reading the compiled code of transformers' LlamaRMSNorm.forward
-    relies on its implementation, not its API: this is the only place that does, and tests/test_rms_norm.py
+    relies on its implementation, not its API: this is the only place that does, and tests/train/test_rms_norm.py
     fails if that forward changes (bitwise outputs of the lean norm against it, which norms are patched).
     """
     cls = type(module)

@@ -17,7 +17,7 @@ import pytest
 from tenfold.cli import main
 from test_synth import write_corpus
 
-TINY = str(Path(__file__).resolve().parent.parent / "src" / "tenfold" / "assets" / "tiny-llama")
+TINY = str(Path(__file__).resolve().parents[2] / "src" / "tenfold" / "assets" / "tiny-llama")
 SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent))
 
 

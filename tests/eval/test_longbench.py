@@ -17,7 +17,7 @@ from tenfold.eval.longbench import (ENGLISH, build_cases, default_truncate_lengt
 from tenfold.generation import GenerationControls
 from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT.parent / "shared" / "benchmarks" / "longbench"  # LongBench's own configs, for tests only
 # LongBench's prompts belong to LongBench: the project's ../shared holds a copy for tests; a clone without it
 # skips the tests that read them.

@@ -1,6 +1,6 @@
 """What tenfold relies on in accelerate and transformers beyond their documented API, each behind one function
 of tenfold's: these tests fail when a library release changes it. (transformers' RoPE initialisers:
-tests/test_rope.py; Llama's RMSNorm forward, read by rms_norm.computes_llama_rms_norm: tests/test_rms_norm.py.)"""
+tests/test_rope.py; Llama's RMSNorm forward, read by rms_norm.computes_llama_rms_norm: tests/train/test_rms_norm.py.)"""
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ from tenfold.synth import limits
 from tenfold.synth.limits import RequestLimiter
 from test_synth import records_of, write_corpus
 from fake_openai import FakeServer
-from test_synth_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
+from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
 from tenfold.cli import main
 
 

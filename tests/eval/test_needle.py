@@ -29,7 +29,7 @@ from tenfold.eval.needle import (
 from tenfold.generation import load_backend, render_prompt
 from tenfold.models import load_tokenizer, shipped_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ANSWER = PRESETS["paper"].answer
 NEEDLE = PRESETS["paper"].needle
 PARITY = json.loads((ROOT / "tests" / "fixtures" / "needle_paper_parity.json").read_text())

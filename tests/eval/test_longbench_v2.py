@@ -21,7 +21,7 @@ from tenfold.eval.longbench_v2 import (
 from tenfold.generation import Backend, load_backend
 from tenfold.models import load_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "benchmarks" / "longbench_v2"  # LongBench v2's own files, for tests only
 PLACEHOLDERS = "$Q$\n(A) $C_A$\n(B) $C_B$\n(C) $C_C$\n(D) $C_D$\n"
 # Templates in the official placeholder format, our own words (LongBench's text is downloaded at run time).
