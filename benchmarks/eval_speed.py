@@ -39,9 +39,9 @@ def straightforward_loop(backend, cases: list[dict], max_new_tokens: int) -> lis
 
 
 def main() -> None:
-    from tenfold.generation import load_backend
     from tenfold.eval.haystack import read_haystack
     from tenfold.eval.needle import PRESETS, build_cases, run_needle
+    from tenfold.generation import load_backend
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")

@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (LLAMA3_8B, benchmark_model, llama_config, markdown_table,  # noqa: E402
-                    measure_in_subprocess, paper_recipe, record)
+from common import LLAMA3_8B, benchmark_model, llama_config, markdown_table, measure_in_subprocess, paper_recipe, record  # noqa: E402
 
 LENGTHS = (16384, 32768, 81920)
 # Time budget on one H100/H200 (estimates, not yet measured): preparing is ~90 s the first time (random

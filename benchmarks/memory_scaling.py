@@ -26,9 +26,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (FIXED_MMAP_THRESHOLD, MODEL_DIR, ROOT, build_model, cpu_peak_bytes,  # noqa: E402
-                    markdown_table, record,
-                    reset_cpu_peak)
+from common import (  # noqa: E402
+    FIXED_MMAP_THRESHOLD,
+    MODEL_DIR,
+    ROOT,
+    build_model,
+    cpu_peak_bytes,
+    markdown_table,
+    record,
+    reset_cpu_peak,
+)
 
 LLAMA3_LAYER = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8)
 W1024_LAYER = dict(hidden_size=1024, intermediate_size=3584, num_attention_heads=8, num_key_value_heads=2)

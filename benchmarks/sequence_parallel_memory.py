@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from common import markdown_table, record
-
 from tenfold.toy import build_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from tenfold.io import write_jsonl
-from tenfold.toy import toy_records  # noqa: E402
 from tenfold.recipe import load_recipe  # noqa: E402
-from tenfold.toy import write_tiny_llama  # noqa: E402
+from tenfold.toy import (
+    toy_records,  # noqa: E402
+    write_tiny_llama,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="session")

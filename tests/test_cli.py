@@ -5,8 +5,8 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.io import write_jsonl
-from tenfold.toy import toy_records
 from tenfold.recipe import RecipeError
+from tenfold.toy import toy_records
 
 
 def files(tmp_path):
@@ -98,9 +98,9 @@ def test_a_bad_training_file_is_named_with_its_line_and_the_fix(verb, kind, tmp_
 
 
 def test_skip_messages_go_above_the_progress_bar_and_a_record_too_long_says_its_length(tmp_path, monkeypatch):
+    from tenfold.models import load_tokenizer
     from tenfold.recipe import load_recipe
     from tenfold.train import batches
-    from tenfold.models import load_tokenizer
 
     long_answer = {"id": "long-answer", "conversations": [{"role": "user", "content": "doc\n\nWhat?"},
                                                           {"role": "assistant", "content": "word " * 200}]}

@@ -6,10 +6,10 @@ import pytest
 from tenfold.cli import main
 from tenfold.config import load_settings
 from tenfold.errors import UserError
-from tenfold.synth.run import SynthSettings
 from tenfold.io import write_jsonl
-from tenfold.toy import toy_records
 from tenfold.models import resolve_model_path
+from tenfold.synth.run import SynthSettings
+from tenfold.toy import toy_records
 
 
 def one_line_error(capsys, argv: list[str], verb: str) -> str:

@@ -11,8 +11,16 @@ from fake_openai import FakeServer
 from fakes import FakeBackend
 from tenfold.errors import UserError
 from tenfold.eval.runner import claim_predictions, run_cases
-from tenfold.generation import (MISSING_KEY, GenerationControls, VLLMBackend, cut_at_stop, load_backend, openai_client,
-                                render_prompt, stop_token_ids)
+from tenfold.generation import (
+    MISSING_KEY,
+    GenerationControls,
+    VLLMBackend,
+    cut_at_stop,
+    load_backend,
+    openai_client,
+    render_prompt,
+    stop_token_ids,
+)
 from tenfold.recipe import load_recipe
 from tenfold.rope import rotary_inv_freq
 from tenfold.toy import build_tokenizer

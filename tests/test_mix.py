@@ -3,9 +3,9 @@ import json
 import pytest
 
 from tenfold.cli import main
+from tenfold.io import write_jsonl
 from tenfold.mix import DEFAULT_COUNTS, parse_counts
 from tenfold.models import load_tokenizer
-from tenfold.io import write_jsonl
 from tenfold.toy import toy_records
 from tenfold.train.loop import train
 

@@ -6,25 +6,25 @@ tokens with the RoPE base x4 and merges them; the tests read those. Skipped when
 """
 
 import json
+import pydoc_data.topics
 import shutil
 from pathlib import Path
 
-import pydoc_data.topics
 import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tenfold.errors import UserError
-from tenfold.generation import load_backend
 from tenfold.eval.needle import run_needle
 from tenfold.eval.passkey import run_passkey
+from tenfold.generation import load_backend
+from tenfold.io import write_jsonl
+from tenfold.merge import MergeSettings, merge
 from tenfold.models import load_tokenizer, resolve_model_path, shipped_model
 from tenfold.recipe import load_recipe
-from tenfold.io import write_jsonl
 from tenfold.train.loop import train
 from tenfold.train.loss import CausalLMLoss
-from tenfold.merge import MergeSettings, merge
 from tenfold.train.model import load_model_for_training
 
 NAME = "tenfold/smollm2-135m-instruct"

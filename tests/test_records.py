@@ -8,8 +8,7 @@ import pytest
 from tenfold.errors import RecordError
 from tenfold.io import read_jsonl
 from tenfold.records import Encoded, encode_record
-from tenfold.toy import toy_records
-from tenfold.toy import build_tokenizer
+from tenfold.toy import build_tokenizer, toy_records
 
 EOT = "<|eot_id|>"
 DOC_LINES = [f"day {i} : the red fox paints {i} blue doors ." for i in range(40)]

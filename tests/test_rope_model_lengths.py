@@ -4,8 +4,8 @@ at, read from the model (never a constant), drawn on the heatmaps and written in
 import pytest
 from transformers import LlamaConfig
 
-from tenfold.generation import load_backend
 from tenfold.eval.plots import length_marks
+from tenfold.generation import load_backend
 from tenfold.recipe import RopeSettings
 from tenfold.rope import apply_rope, model_lengths
 from tenfold.toy import llama_config

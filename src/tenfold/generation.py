@@ -24,8 +24,15 @@ from typing import TYPE_CHECKING
 
 from tenfold.errors import RecipeError, UserError
 from tenfold.io import file_sha256
-from tenfold.models import (adapter_dir, end_of_turn_token, is_adapter_dir, load_model, load_run, load_tokenizer,
-                            resolve_model_path)
+from tenfold.models import (
+    adapter_dir,
+    end_of_turn_token,
+    is_adapter_dir,
+    load_model,
+    load_run,
+    load_tokenizer,
+    resolve_model_path,
+)
 from tenfold.recipe import RopeSettings
 
 if TYPE_CHECKING:

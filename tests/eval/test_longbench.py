@@ -8,14 +8,22 @@ from pathlib import Path
 import pytest
 from tokenizers import processors
 
-from tenfold.errors import UserError
-from tenfold.eval import longbench
 from fakes import FakeBackend
 from tenfold.errors import UserError
-from tenfold.eval.longbench import (ENGLISH, build_cases, default_truncate_length, generation_controls, run_longbench,
-                                    score, score_e, summarize, truncate_middle)
+from tenfold.eval import longbench
+from tenfold.eval.longbench import (
+    ENGLISH,
+    build_cases,
+    default_truncate_length,
+    generation_controls,
+    run_longbench,
+    score,
+    score_e,
+    summarize,
+    truncate_middle,
+)
+from tenfold.eval.longbench_metrics import classification_score, code_sim_score, qa_f1_score, rouge_score
 from tenfold.generation import GenerationControls
-from tenfold.eval.longbench_metrics import (classification_score, code_sim_score, qa_f1_score, rouge_score)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT.parent / "shared" / "benchmarks" / "longbench"  # LongBench's own configs, for tests only

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from tenfold.cli import main
-from tenfold.generation import TransformersBackend, load_backend
 from tenfold.eval.needle import run_needle
+from tenfold.generation import TransformersBackend, load_backend
 
 GRID = ["--lengths", "300", "--depths", "0,50,100", "--max-length", "1024"]
 

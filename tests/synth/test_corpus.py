@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tenfold.errors import UserError
-from tenfold.synth.corpus import chunk_text, filter_documents, read_corpus
 from tenfold.models import load_tokenizer
+from tenfold.synth.corpus import chunk_text, filter_documents, read_corpus
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import sys
 import time
 
 import pytest
+from test_synth import write_corpus
 
 from fake_openai import FakeServer
 from tenfold.cli import main
-from test_synth import write_corpus
 
 KEY = "sk-planted-0123456789abcdefXYZ"
 KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"

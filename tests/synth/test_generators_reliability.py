@@ -6,12 +6,12 @@ import socket
 from types import SimpleNamespace
 
 import pytest
+from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
+from test_synth import records_of, write_corpus
 
+from fake_openai import FakeServer
 from tenfold.cli import main
 from tenfold.synth.replies import reply_problem
-from test_synth import records_of, write_corpus
-from fake_openai import FakeServer
-from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
 
 CYCLE = ("429", "500", "slow", "garbage", None, "wrong_shape", "bad_body", None)
 

@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_synth import write_corpus
 
 from tenfold.cli import main
-from test_synth import write_corpus
 
 TINY = str(Path(__file__).resolve().parents[2] / "src" / "tenfold" / "assets" / "tiny-llama")
 SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent))

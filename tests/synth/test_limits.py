@@ -5,13 +5,13 @@ import asyncio
 import json
 
 import pytest
+from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
+from test_synth import records_of, write_corpus
 
+from fake_openai import FakeServer
+from tenfold.cli import main
 from tenfold.synth import limits
 from tenfold.synth.limits import RequestLimiter
-from test_synth import records_of, write_corpus
-from fake_openai import FakeServer
-from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
-from tenfold.cli import main
 
 
 class FakeClock:
@@ -149,9 +149,9 @@ def test_synth_reaches_its_first_request_without_importing_torch_or_transformers
 
 
 def test_the_fast_token_count_is_transformers_count(tmp_path):
+    from tenfold.models import load_tokenizer
     from tenfold.synth.run import token_counter
     from tenfold.toy import toy_records
-    from tenfold.models import load_tokenizer
 
     texts = [json.dumps(r) for r in toy_records(12, seed=4)] + ["  Ünïcödé ✓ 日本語\n\n x", "<|eot_id|> ok"]
     for name in ("tenfold/tiny-llama", "tenfold/toy-llama"):

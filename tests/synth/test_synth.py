@@ -4,11 +4,11 @@ from collections import Counter
 import pytest
 
 from tenfold.cli import main
-from tenfold.synth.prompts import TASKS
-from tenfold.synth.replies import parse_json_list, valid_items
 from tenfold.io import AppendLog
 from tenfold.models import load_tokenizer
 from tenfold.records import encode_record
+from tenfold.synth.prompts import TASKS
+from tenfold.synth.replies import parse_json_list, valid_items
 from tenfold.toy import toy_records
 
 TOPICS = {

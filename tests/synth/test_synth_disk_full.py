@@ -2,14 +2,13 @@
 file left behind, nothing already written lost; the same command, run again with space, finishes the work."""
 
 import errno
-import json
 import os
 import pathlib
 
 import pytest
+from test_synth import records_of, write_corpus
 
 from tenfold.cli import main
-from test_synth import records_of, write_corpus
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

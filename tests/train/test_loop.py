@@ -6,14 +6,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from processes import WORKER, launch
-
-from tenfold.recipe import load_recipe
 from tenfold.generation import load_backend
+from tenfold.merge import MergeSettings, merge
+from tenfold.models import load_run
+from tenfold.recipe import load_recipe
 from tenfold.rope import model_lengths, rotary_inv_freq
 from tenfold.train import loop
 from tenfold.train.loop import NonFiniteLossError, train
-from tenfold.models import load_run
-from tenfold.merge import MergeSettings, merge
 from tenfold.train.model import load_model_for_training
 
 

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from tenfold import cli
+from tenfold.merge import MergeSettings, merge
 from tenfold.recipe import dump_recipe, load_recipe
 from tenfold.train import loop
 from tenfold.train.loop import deferred_interrupt, train
-from tenfold.merge import MergeSettings, merge
 
 
 @pytest.fixture(scope="module")

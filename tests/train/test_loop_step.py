@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from tenfold.io import read_jsonl
+from tenfold.models import load_tokenizer
 from tenfold.records import encode_record
 from tenfold.train import loop
 from tenfold.train.batches import collate
 from tenfold.train.loss import CausalLMLoss
-from tenfold.models import load_tokenizer
 from tenfold.train.model import load_model_for_training
 
 

@@ -24,10 +24,10 @@ from typing import Literal
 
 from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
-from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
 from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
+from tenfold.io import cache_dir, read_jsonl
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
 MAX_NEW_TOKENS = {"longbook_qa_eng": 40, "longbook_sum_eng": 1200}  # InfiniteBench eval_utils.py

@@ -38,11 +38,11 @@ import numpy as np
 
 from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
-from tenfold.io import cache_dir, read_jsonl
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
-from tenfold.generation import GenerationControls
 from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
+from tenfold.generation import GenerationControls
+from tenfold.io import cache_dir, read_jsonl
 
 CATEGORIES = {  # the paper's Table 1 (and LongBench's English leaderboard), in its column order
     "Single-Doc QA": ["narrativeqa", "qasper", "multifieldqa_en"],

@@ -26,9 +26,9 @@ from typing import Literal
 
 from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
-from tenfold.io import read_jsonl
 from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import claim_predictions, describe, resume_cases, write_outputs
+from tenfold.io import read_jsonl
 
 LETTERS = ("A", "B", "C", "D")
 PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},

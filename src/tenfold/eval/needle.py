@@ -43,8 +43,8 @@ from typing import Literal
 
 import numpy as np
 
-from tenfold.errors import RecipeError, UserError
 from tenfold.config import setting
+from tenfold.errors import RecipeError, UserError
 from tenfold.eval.haystack import fill, haystack_files, haystack_path, insertion_point, read_haystack
 from tenfold.eval.metrics import JUDGE_CRITERIA, Judge, labeled_score_string, rouge_l_f1, rouge_l_recall
 from tenfold.eval.plots import heatmap

@@ -16,8 +16,8 @@ import numpy as np
 
 from tenfold.config import setting
 from tenfold.errors import UserError
-from tenfold.eval.metrics import first_integer
 from tenfold.eval.haystack import fill, insertion_point
+from tenfold.eval.metrics import first_integer
 from tenfold.eval.plots import heatmap
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tenfold.config import setting
 from tenfold.errors import RecordError, UserError
-from tenfold.io import read_jsonl
 from tenfold.eval.plots import line_plot
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
+from tenfold.io import read_jsonl
 
 NUM_TOPICS = [5, 10, 15, 20, 25, 30, 40, 50, 60, 70]  # the paper's groups
 QUESTION = " Now the record ends. What is the first topic we discussed? Only give me the topic name. Do not summarize yourself."

@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from tenfold.synth.corpus import Document, chunk_text, text_id
 from tenfold.synth.extractive import spread
 from tenfold.synth.generators import Request
-from tenfold.synth.prompts import (DISTANT_EXCERPTS, EXCERPT_SEPARATOR, PROMPTS, SEVERAL_TEXTS, WHOLE_DOCUMENT,
-                                  numbered_texts, render)
+from tenfold.synth.prompts import (
+    DISTANT_EXCERPTS,
+    EXCERPT_SEPARATOR,
+    PROMPTS,
+    SEVERAL_TEXTS,
+    WHOLE_DOCUMENT,
+    numbered_texts,
+    render,
+)
 
 PROMPT_OVERHEAD_TOKENS = 512  # the instructions around a context, with room to spare
 

@@ -9,17 +9,17 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
-from datasets.exceptions import DatasetGenerationError
 import torch
+from datasets.exceptions import DatasetGenerationError
 from tqdm import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tenfold import records
 from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.io import check_jsonl_bytes, read_jsonl, write_jsonl
+from tenfold.recipe import Recipe
 from tenfold.records import encode_record, record_tokens
 from tenfold.toy import TOY_DATA, toy_records
-from tenfold.recipe import Recipe
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"),

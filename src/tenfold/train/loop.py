@@ -37,10 +37,18 @@ from tenfold.errors import RecipeError, UserError
 from tenfold.io import write_error
 from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
-from tenfold.train.batches import batch_plan, collate, encode_files
-from tenfold.train.distributed import (full_optimizer_state, full_trainable_state, is_sharded, load_full_state,
-                                       make_accelerator, reset_accelerator_state, set_accumulation, sharding_report)
 from tenfold.train import sequence_parallel
+from tenfold.train.batches import batch_plan, collate, encode_files
+from tenfold.train.distributed import (
+    full_optimizer_state,
+    full_trainable_state,
+    is_sharded,
+    load_full_state,
+    make_accelerator,
+    reset_accelerator_state,
+    set_accumulation,
+    sharding_report,
+)
 from tenfold.train.loss import CausalLMLoss
 from tenfold.train.model import load_model_for_training, mixed_precision
 
