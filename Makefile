@@ -1,4 +1,4 @@
-# make demo: set up .venv and run the main job on the embedded default; make test: the test suite.
+# make demo: set up .venv and run the main job on the embedded default; make test: lint (ruff) and the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of PyTorch. On a CUDA machine: make demo TORCH=torch (or any torch>=2.4,<2.16 build).
@@ -12,6 +12,7 @@ demo: $(VENV)/.installed
 	$(BIN)/tenfold demo --output-dir runs/demo
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
