@@ -328,6 +328,9 @@ def test_all_13_tasks_score_100_for_right_answers_resume_and_keep_their_key(toke
     again = run_ruler(wrong, tmp_path, lengths=[2048], samples=1, seed=7, ruler_dir=str(checkout), overwrite=True,
                       tasks=["qa_2", "cwe"], threshold=50.0)
     assert again["score"] == 0.0 and again["effective_length"] is None and again["tasks"] == ["qa_2", "cwe"]
+    raw = run_ruler(wrong, tmp_path / "raw", tasks=["niah_single_1"], lengths=[2048], samples=1, chat=False,
+                    ruler_dir=str(checkout))
+    assert raw["chat"] is False and wrong.calls[-1] == (1, 128, False)  # RULER's base template: no chat template
 
 
 @needs_wonderwords

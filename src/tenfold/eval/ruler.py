@@ -23,8 +23,10 @@ The model template is the model's chat template (for Llama-3 it is RULER's meta-
 character), or none with chat=False (RULER's base). Where tenfold differs from RULER: RULER's singular niah
 wording ("A special magic number is") also rewrites its model template's words (a system prompt's "are"), tenfold
 only the task's; RULER's transformers and vLLM clients tokenize the prompt with the tokenizer's special tokens, so
-a template that writes the BOS (meta-llama3) gets a second one, tenfold's backend one. Decoding is greedy (RULER's
-temperature 0) and the prediction is stripped and its control characters made newlines before scoring.
+a template that writes the BOS (meta-llama3) gets a second one, tenfold's backend one; a chat template that trims
+the message (Llama-3's) drops the whitespace a qa question may end with, which RULER's template keeps. Decoding
+is greedy (RULER's temperature 0); the prediction is stripped and its control characters made newlines before
+scoring.
 
 Scores are RULER's, 0-100: a task at a length is round(100 x the mean of its samples, 2) (string_match_all: the
 share of the answers found in the prediction, case-insensitive; string_match_part for qa: 1 if any is found); a
