@@ -303,6 +303,29 @@ def test_essay_comes_from_rulers_json_or_a_text_and_needs_punkt(tmp_path, checko
     assert set(load_sources(config, ["niah_single_1", "fwe"], ruler_dir=checkout)[1]) == {"wonderwords"}  # no essay
 
 
+def test_cwe_draws_from_rulers_english_words_past_wonderwords(tmp_path, monkeypatch, tokenizer):
+    from tenfold.eval.ruler_tasks import Sources
+
+    english = [f"word{i}" for i in range(5000)]  # cwe probes with 4,096 words
+    sources = Sources(nouns=["cat", "dog"], adjectives=["red"], verbs=["run"], english_words=lambda: english)
+    samples = task_samples(CONFIG, "cwe", 1536, 2, 42, sources, token_counter(tokenizer))
+    assert all(len(s["answers"]) == 10 and set(s["answers"]) <= set(english) for s in samples)
+    assert all(s["tokens"] <= 1536 and s["prompt"].count(f". {s['answers'][0]}") == 6 for s in samples)  # < 4K: 6x
+
+    root = write_ruler_checkout(tmp_path / "ruler", CONFIG, data=False)
+    words = root / "scripts" / ruler.ENGLISH_WORDS[0]
+    words.write_text(json.dumps({"0": "alpha", "1": "beta"}))
+    assert ruler.english_words_loader(root / "scripts")() == ["alpha", "beta"]  # a clone after `git lfs pull`
+    words.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:affcd6d4\nsize 8564991\n")
+    monkeypatch.setenv("TENFOLD_CACHE", str(tmp_path / "cache"))
+    downloads = []
+    monkeypatch.setattr(ruler, "download", lambda url, path, *_: (downloads.append(url), path.parent.mkdir(
+        parents=True, exist_ok=True), path.write_text('{"0": "not rulers"}')))
+    with pytest.raises(UserError, match="not RULER's english_words.json"):
+        ruler.english_words_loader(root / "scripts")()  # a pointer: downloaded, checked against its sha256
+    assert downloads == [ruler.LFS_URL.format(commit=RULER_COMMIT, path=ruler.ENGLISH_WORDS[0])]
+
+
 # ---------------------------------------------------------------- run_ruler
 
 @needs_wonderwords
