@@ -80,3 +80,11 @@ def test_eval_all_refuses_predictions_made_otherwise_and_overwrite_discards_them
     main(argv + ["--overwrite"])
     key = json.loads((tmp_path / "out" / "base" / "passkey.key.json").read_text())
     assert key["backend"]["rope"]["rope_theta"] == 200000.0
+
+
+def test_the_table_has_rulers_effective_length():
+    from tenfold.eval.suite import summary_rows
+
+    rows = summary_rows("ruler", {"scorer": "RULER string_match", "score": 90.0, "by_length": {"4096": 95.0},
+                                  "threshold": 85.6, "effective_length": 4096})
+    assert rows["ruler effective length (> 85.6)"] == 4096 and rows["ruler length 4096"] == 95.0

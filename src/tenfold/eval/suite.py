@@ -74,6 +74,8 @@ def summary_rows(benchmark: str, summary: dict) -> dict[str, float]:
         for part, value in (summary.get(key) or {}).items():
             if isinstance(value, (int, float)):
                 rows[f"{benchmark} {key.removeprefix('by_').replace('_', ' ')} {part}"] = value
+    if "effective_length" in summary:  # RULER's: the longest length scoring above its threshold
+        rows[f"{benchmark} effective length (> {summary.get('threshold')})"] = summary["effective_length"]
     if benchmark == "infbench":
         rows.update({f"{benchmark} {task}": value for task, value in (summary.get("scores") or {}).items()})
     return rows
