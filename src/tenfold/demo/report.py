@@ -55,9 +55,9 @@ def sentences(rows: dict, factor: float, steps: int) -> dict:
                   f"ten times it, and its loss climbs from {b['loss_1x']:.2f} to {b['loss_10x']:.2f} nats: "
                   + ("it does not work past its native context." if fails else
                      "it degrades past its native context, less than the targets ask."),
-        "rope_only": f"Raising the RoPE base x{factor:g} alone gives {r['needle_1x']:.0%} at 1x and {r['needle_10x']:.0%} "
-                     f"at 10x, with a loss of {r['loss_1x']:.2f} nats at 1x and {r['loss_10x']:.2f} at 10x "
-                     f"({r['loss_1x'] - b['loss_1x']:+.2f} against the base's 1x): "
+        "rope_only": f"Raising the RoPE base x{factor:g} alone gives {r['needle_1x']:.0%} at 1x and "
+                     f"{r['needle_10x']:.0%} at 10x, with a loss of {r['loss_1x']:.2f} nats at 1x and "
+                     f"{r['loss_10x']:.2f} at 10x ({r['loss_1x'] - b['loss_1x']:+.2f} against the base's 1x): "
                      + ("it stops the blow-up but costs accuracy at every length." if r["loss_1x"] - b["loss_1x"] > 0.1
                         else "at this scale it already does most of the job."),
         "after": f"After {steps} steps of QLoRA with the raised base the worst needle cell is {a['needle_min']:.0%}, "
@@ -72,18 +72,20 @@ def targets(rows: dict) -> list[tuple[str, str, bool]]:
     return [
         ("base: needle at 1x >= 95%", f"{b['needle_1x']:.0%}", b["needle_1x"] >= 0.95),
         ("base: needle at 10x <= 20%", f"{b['needle_10x']:.0%}", b["needle_10x"] <= 0.20),
-        ("base: loss at 10x >= 1 nat above 1x", f"{b['loss_10x'] - b['loss_1x']:+.2f}", b["loss_10x"] - b["loss_1x"] >= 1),
+        ("base: loss at 10x >= 1 nat above 1x", f"{b['loss_10x'] - b['loss_1x']:+.2f}",
+         b["loss_10x"] - b["loss_1x"] >= 1),
         ("after: needle >= 90% in every cell", f"min {a['needle_min']:.0%}", a["needle_min"] >= 0.90),
         ("after: needle at 1x >= 95% (mean over depths)", f"{a['needle_1x']:.0%}", a["needle_1x"] >= 0.95),
         ("after: loss in every bin <= base's 1x + 0.1", f"max {a['loss_max']:.2f} vs {b['loss_1x'] + 0.1:.2f}",
          a["loss_max"] <= b["loss_1x"] + 0.1),
         ("after: loss below RoPE-only's at 1x and 10x", f"{a['loss_1x']:.2f}/{a['loss_10x']:.2f} vs "
          f"{r['loss_1x']:.2f}/{r['loss_10x']:.2f}", a["loss_1x"] < r["loss_1x"] and a["loss_10x"] < r["loss_10x"]),
-        ("after: short check >= base's - 0.05", f"{a['short']:.2f} vs {b['short']:.2f}", a["short"] >= b["short"] - 0.05),
+        ("after: short check >= base's - 0.05", f"{a['short']:.2f} vs {b['short']:.2f}",
+         a["short"] >= b["short"] - 0.05),
     ]
 
 
-def write_report(out: Path, results: dict, rows: dict, timings: dict, training: dict, theta: float, quick: bool) -> Path:
+def write_report(out: Path, results: dict, timings: dict, training: dict, theta: float, quick: bool) -> Path:
     native, factor, trained = results["native_length"], results["rope_factor"], results["training_length"]
     loss_plot(results, out / "loss.png", native)
     numbers = {name: summary_row(results, name) for name in LABELS}
@@ -122,8 +124,9 @@ def write_report(out: Path, results: dict, rows: dict, timings: dict, training: 
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     lines += [f"| **total** | **{results['seconds']:.0f}** |", "",
-              f"Training: {training['steps']} steps, {training['tokens_seen']:,} tokens, loss {training['first_loss']:.3f} -> "
-              f"{training['final_loss']:.3f}, {training.get('tokens_per_s') or 0:.0f} tokens/s. Machine: "
+              f"Training: {training['steps']} steps, {training['tokens_seen']:,} tokens, "
+              f"loss {training['first_loss']:.3f} -> {training['final_loss']:.3f}, "
+              f"{training.get('tokens_per_s') or 0:.0f} tokens/s. Machine: "
               f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
               f"Needle grid: {len(results['before'])} cells ({depths} depths).", "",
               "Raw numbers: `results.json`; every needle prediction: `*/*.predictions.jsonl`; the training run: "

@@ -105,9 +105,10 @@ def make_training_data(out: Path, model: str, native: int, sizes: dict) -> Path:
                         tokenizer=model, min_tokens=native // 2, max_tokens=FACTOR * native,
                         questions_per_chunk=most, multi_detail_questions=most // 2, seed=1))
     rng = random.Random("demo-data")
-    plain = write_jsonl([plain_record(rng.randint(native // LINE_TOKENS, FACTOR * native // LINE_TOKENS - 4), rng, record_id=f"plain-{i}")
+    native_lines, longest_lines = native // LINE_TOKENS, FACTOR * native // LINE_TOKENS
+    plain = write_jsonl([plain_record(rng.randint(native_lines, longest_lines - 4), rng, record_id=f"plain-{i}")
                          for i in range(sizes["plain"])], data / "plain.jsonl")
-    short = write_jsonl([question_record(rng.randint(0, native // LINE_TOKENS - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
+    short = write_jsonl([question_record(rng.randint(0, native_lines - 6), rng.randint(1, 3), rng.randint(1, 3), rng,
                                          record_id=f"short-{i}") for i in range(sizes["short"])], data / "short.jsonl")
     mix(MixSettings(str(mixed), [str(synthetic)], [str(short)], [str(plain)],
                     {"synthetic": "all", "instruct": "all", "plain": "all"}, seed=1, tokenizer=model,
@@ -174,5 +175,5 @@ def demo(settings: DemoSettings) -> dict:
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n", "--output-dir")
     from tenfold.demo.report import write_report
 
-    write_report(out, results, rows, timings, training, theta, quick)
+    write_report(out, results, timings, training, theta, quick)
     return results
