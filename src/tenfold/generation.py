@@ -263,7 +263,8 @@ class TransformersBackend(Backend):
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
 
     def describe(self) -> dict:
-        return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids, "dtype": str(self.model.dtype)}
+        return {**super().describe(), "rope": self.rope, "stop_token_ids": self.stop_ids,
+                "dtype": str(self.model.dtype)}
 
     def identity(self) -> dict:
         return {"kind": "transformers", **model_identity(self.name), "rope": self.rope,
@@ -393,7 +394,8 @@ class OpenAIBackend(Backend):
         return {"kind": "openai", "model": self.name, "base_url": str(getattr(self.client, "base_url", "")),
                 "system_prompt": self.system_prompt}
 
-    def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:
+    def prompt_length(self, prompt: str, chat: bool = True, answer_prefix: str = "") -> int:  # noqa: ARG002
+        # `chat` is the Backend signature's; the server applies its own template, so only the text is counted
         if self.tokenizer is None:
             raise UserError(f"{self.name}: counting tokens needs a tokenizer; pass --tokenizer (a hub id or path "
                              f"of a tokenizer close to the served model's)")

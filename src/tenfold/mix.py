@@ -146,7 +146,8 @@ def convert(kind: str, record: dict, label: str, index: int, tokenizer, max_leng
         raise RecordError(f"{label}, record {index + 1}: not a JSON object")
     if kind == "synthetic":
         if not isinstance(record.get("conversations"), list):
-            raise RecordError(f"{label}, record {index + 1}: no 'conversations'; synthetic files come from tenfold synth")
+            raise RecordError(f"{label}, record {index + 1}: no 'conversations'; "
+                              f"synthetic files come from tenfold synth")
         return {"id": str(record.get("id", f"{label}-{index}")), "source": record.get("source") or label,
                 "task": record.get("task") or "synthetic", "conversations": record["conversations"],
                 "meta": record.get("meta") or {}}

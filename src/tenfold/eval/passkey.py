@@ -31,7 +31,9 @@ DEPTHS = [int(x) for x in np.linspace(0, 100, 10).astype(int)]
 
 
 def build_cases(tokenizer, lengths: list[int], depths: list[float], seed: int = 123) -> list[dict]:
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     rng = np.random.default_rng(seed)
     fixed = len(encode(PREFIX)) + len(encode(KEY_LINE.format(key=10000))) + len(encode(QUESTION))
     filler = fill(encode(FILLER * 64), max(lengths))

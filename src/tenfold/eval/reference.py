@@ -35,7 +35,8 @@ PAPER_REPORTED = {
 # What a model is called on the hub or on disk -> the row it is compared with.
 NAMES = {"meta-llama/meta-llama-3-8b-instruct": BASE, "meta-llama-3-8b-instruct": BASE,
          "namespace-pt/llama-3-8b-instruct-80k-qlora": EXTENDED, "llama-3-8b-instruct-80k-qlora": EXTENDED,
-         "namespace-pt/llama-3-8b-instruct-80k-qlora-merged": EXTENDED, "llama-3-8b-instruct-80k-qlora-merged": EXTENDED}
+         "namespace-pt/llama-3-8b-instruct-80k-qlora-merged": EXTENDED,
+         "llama-3-8b-instruct-80k-qlora-merged": EXTENDED}
 
 
 def reference_model(model: str | None) -> str | None:

@@ -23,10 +23,12 @@ from tenfold.eval.runner import check_length, claim_predictions, describe, mean,
 from tenfold.io import read_jsonl
 
 NUM_TOPICS = [5, 10, 15, 20, 25, 30, 40, 50, 60, 70]  # the paper's groups
-QUESTION = " Now the record ends. What is the first topic we discussed? Only give me the topic name. Do not summarize yourself."
+QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic name. "
+            "Do not summarize yourself.")
 INTRO = ("Below is a record of our previous conversation on {n} different topics. You are the ASSISTANT, and I am the "
          "USER. At the beginning of each topic, the USER will say 'I would like to discuss the topic of <TOPIC>'. "
-         "Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve the first topic. Now the record start. ")
+         "Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve the first topic. "
+         "Now the record start. ")
 ASPECTS = ["the history", "the economics", "the science", "the future", "the art", "the ethics", "the geography",
            "the engineering"]
 SUBJECTS = ["coffee", "bridges", "volcanoes", "chess", "jazz", "honeybees", "glaciers", "lighthouses", "origami",
@@ -82,7 +84,8 @@ def file_cases(path: str | Path, num_topics: list[int] | None) -> list[dict]:
             if "topics" not in record or not ("prompt" in record or "context" in record):
                 raise RecordError(f"{file}, record {i + 1}: needs 'topics' and 'prompt' (LongChat) or 'context' and "
                                   f"'question' (topic_retrieval.json)")
-            prompt = record["prompt"] if "prompt" in record else " ".join([record["context"], record.get("question", QUESTION.strip())])
+            prompt = record["prompt"] if "prompt" in record else " ".join(
+                [record["context"], record.get("question", QUESTION.strip())])
             n = int(record.get("num_topics", len(record["topics"])))
             cases.append({"id": f"{file.stem}-{record.get('test_id', i)}", "num_topics": n,
                           "target": record["topics"][0], "prompt": prompt})

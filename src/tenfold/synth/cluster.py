@@ -24,7 +24,8 @@ def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL):
     return SentenceTransformer(name)
 
 
-def cluster_texts(texts: list[str], n_clusters: int, seed: int = 0, embedding_model: str = DEFAULT_EMBEDDING_MODEL) -> list[int]:
+def cluster_texts(texts: list[str], n_clusters: int, seed: int = 0,
+                  embedding_model: str = DEFAULT_EMBEDDING_MODEL) -> list[int]:
     """A k-means cluster label per text, on normalized sentence embeddings."""
     from sklearn.cluster import KMeans
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from tenfold.synth.replies import STOPWORDS, words
 
-FACT = re.compile(r"^(?P<subject>\S.{0,80}?)\s+(?P<verb>is|are|was|were)\s+(?P<value>[^\s].{0,100}?)\s*(?P<end>[.!?])?$")
+FACT = re.compile(r"^(?P<subject>\S.{0,80}?)\s+(?P<verb>is|are|was|were)\s+"
+                  r"(?P<value>[^\s].{0,100}?)\s*(?P<end>[.!?])?$")
 NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 
@@ -124,7 +125,8 @@ def heterogeneous(texts: list[str], n: int) -> list[dict]:
             said_i = next((s for s in per_text[i] if word in words(s)), None)
             said_j = next((s for s in per_text[j] if word in words(s)), None)
             if said_i and said_j:
-                items.append({"question": f'Texts {i + 1} and {j + 1} both mention "{word}". What does each say about it?',
+                items.append({"question": f'Texts {i + 1} and {j + 1} both mention "{word}". '
+                                          f'What does each say about it?',
                               "answer": f'Text {i + 1}: "{said_i}" Text {j + 1}: "{said_j}"'})
     for i, text_sentences in enumerate(per_text):  # what tells the texts apart
         if text_sentences:

@@ -38,12 +38,14 @@ class _LabelSparseCrossEntropy(torch.autograd.Function):
             n_rows, vocab = hidden.shape[0], weight.shape[0]
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
+            grad_weight = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                           if need_weight_grad else None)
             # One logits buffer reused by every chunk: a fresh 64 MB tensor a chunk costs page faults
             # that took longer than the elementwise work itself on the CPU.
             rows = min(chunk_size, n_rows)
             logits_buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
-            low_buffer = logits_buffer if dtype == torch.float32 else torch.empty(rows, vocab, dtype=dtype, device=hidden.device)
+            low_buffer = (logits_buffer if dtype == torch.float32
+                          else torch.empty(rows, vocab, dtype=dtype, device=hidden.device))
             for start in range(0, n_rows, chunk_size):
                 h = hidden[start:start + chunk_size].to(dtype)
                 n = h.shape[0]

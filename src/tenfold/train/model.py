@@ -37,7 +37,8 @@ def compute_dtype(recipe: Recipe, on_gpu: bool | None = None) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(recipe, on_gpu), torch.float32)
 
 
-def load_base_model(recipe: Recipe, device: torch.device, quantize: bool = True, dtype: torch.dtype | str | None = None):
+def load_base_model(recipe: Recipe, device: torch.device, quantize: bool = True,
+                    dtype: torch.dtype | str | None = None):
     """The base model with the recipe's RoPE in its config; returns (model, rope parameters).
 
     `dtype` overrides the recipe's (merge passes "auto": the dtype the checkpoint was saved in).
@@ -91,7 +92,7 @@ def cast_trained_module_outputs(model) -> None:
     """
     from peft.utils import ModulesToSaveWrapper
 
-    def cast(module, args, output):
+    def cast(_module, _args, output):  # a forward hook's signature
         device = output.device.type
         if torch.is_autocast_enabled(device) and output.is_floating_point():
             return output.to(torch.get_autocast_dtype(device))

@@ -63,8 +63,9 @@ def _all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int) -> torch.Ten
     return torch.cat(received.unbind(0), dim=gather_dim)
 
 
-def ulysses_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' attention signature: [batch, heads, local positions, head dim] in, [b, t, h, d] out."""
+def ulysses_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):  # noqa: ARG001
+    """transformers' attention signature: [batch, heads, local positions, head dim] in, [b, t, h, d] out.
+    The mask goes unused: the attention is causal over the whole sequence (see no_mask)."""
     degree = dist.get_world_size(_group)
     heads, kv_heads = query.shape[1], key.shape[1]
     if kv_heads % degree:  # fewer key/value heads than processes: give each process whole groups
