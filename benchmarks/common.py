@@ -116,8 +116,11 @@ def qlora_configs(dtype: torch.dtype):
     return quant, lora
 
 
-def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu", offload: bool = False):
-    """The plain path: transformers + peft's QLoRA recipe, the model's own loss from labels."""
+def baseline_step_fn(model_dir: Path, length: int, bf16: bool, device: str = "cpu",  # noqa: ARG001
+                     offload: bool = False):
+    """The plain path: transformers + peft's QLoRA recipe, the model's own loss from labels.
+
+    `length` is unused: STEP_FNS share one signature, and only tenfold's step builds a recipe from it."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
@@ -179,11 +182,11 @@ def timing_callback(timer: StepTimer, step: int):
     from transformers import TrainerCallback
 
     class TimedStep(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ARG002 (TrainerCallback's signature)
             if state.global_step == step:
                 timer.begin()
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002 (TrainerCallback's signature)
             if state.global_step == step + 1:
                 timer.end()
     return TimedStep()
@@ -299,7 +302,8 @@ def measure_in_subprocess(path: str, length: int, bf16: bool, device: str = "cpu
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "?")
     return f"{platform.node()}: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 

@@ -36,7 +36,8 @@ def linear_fit(rows: list[dict]) -> str:
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
     r2 = 1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    exponent = np.polyfit(np.log(x), np.log(np.maximum(y - intercept, 1e-9)), 1)[0] if intercept < y.min() else float("nan")
+    exponent = (np.polyfit(np.log(x), np.log(np.maximum(y - intercept, 1e-9)), 1)[0] if intercept < y.min()
+                else float("nan"))
     return (f"{intercept:.2f} GB + {slope * 1024:.3f} GB per 1K tokens (R^2 {r2:.4f}; "
             f"growth exponent of memory above the intercept {exponent:.2f})")
 

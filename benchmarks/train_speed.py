@@ -32,7 +32,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 
 def model_flops(config: dict, length: int) -> float:
-    d, layers, ffn, vocab = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"], config["vocab_size"]
+    d, layers = config["hidden_size"], config["num_hidden_layers"]
+    ffn, vocab = config["intermediate_size"], config["vocab_size"]
     kv = config["num_key_value_heads"] * (d // config["num_attention_heads"])
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * ffn  # q, o, k, v, gate/up/down
     params = layers * per_layer + d * vocab  # LM head included, embeddings (a lookup) not

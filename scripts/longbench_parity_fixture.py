@@ -54,7 +54,8 @@ def build_cases() -> list[dict]:
 
     def add(dataset, pred, answers, all_classes=None, length=None):
         cases.append({"dataset": dataset, "pred": pred, "answers": answers, "all_classes": all_classes,
-                      "length": length if length is not None else rng.choice([120, 3999, 4000, 5000, 7999, 8000, 20000])})
+                      "length": length if length is not None
+                      else rng.choice([120, 3999, 4000, 5000, 7999, 8000, 20000])})
 
     # English token F1 (7 datasets share it; triviaqa adds the first-line rule)
     qa = [("Paris", ["Paris"]), ("The Paris.", ["paris"]), ("in Paris, France", ["Paris", "France"]),
@@ -67,7 +68,8 @@ def build_cases() -> list[dict]:
         add(qa_sets[i % len(qa_sets)], pred, answers)
         add("triviaqa", pred, answers)
     for _ in range(12):
-        add(rng.choice(qa_sets), _phrase(rng, WORDS, 0, 12), [_phrase(rng, WORDS, 1, 6) for _ in range(rng.randint(1, 3))])
+        add(rng.choice(qa_sets), _phrase(rng, WORDS, 0, 12),
+            [_phrase(rng, WORDS, 1, 6) for _ in range(rng.randint(1, 3))])
 
     # Chinese token F1 (jieba)
     zh_qa = [("北京大学", ["北京大学"]), ("在北京，大学。", ["北京大学"]), ("", ["北京"]), ("，。！", ["北京"]),
@@ -78,7 +80,9 @@ def build_cases() -> list[dict]:
         add("multifieldqa_zh", _phrase(rng, ZH_WORDS, 0, 15, ""), [_phrase(rng, ZH_WORDS, 1, 8, "")])
 
     # ROUGE-L (pltrdy `rouge`): sentences on ".", errors score 0
-    long_words = lambda n, tag: " ".join(f"{tag}{i}" for i in range(n))
+    def long_words(n, tag):
+        return " ".join(f"{tag}{i}" for i in range(n))
+
     rouge_cases = [("The committee approved the budget.", ["The committee approved the budget."]),
                    ("committee approved budget. It met in Paris.", ["The committee met. It approved the budget."]),
                    ("", ["The budget."]), ("...", ["The budget."]), (" ", ["The budget."]), ("budget", [" . "]),
@@ -133,8 +137,9 @@ def build_cases() -> list[dict]:
         add("passage_count", pred, [gt])
 
     # code edit similarity (first line without ` # //; fuzzywuzzy over difflib)
-    code = [("for (int i = 0; i < n; i++) {", "for (int j = n; j > 0; j--) {"), ("x = foo(bar, baz)", "x = foo(bar, baz)"),
-            ("\n\n    return self.value\nmore", "return self.value"), ("# comment\nresult.append(item)", "result.append(item)"),
+    code = [("for (int i = 0; i < n; i++) {", "for (int j = n; j > 0; j--) {"),
+            ("x = foo(bar, baz)", "x = foo(bar, baz)"), ("\n\n    return self.value\nmore", "return self.value"),
+            ("# comment\nresult.append(item)", "result.append(item)"),
             ("```python\nprint('héllo wörld')", "print('hello world')"), ("// note\n# c\n`x`", "x = 1"), ("", "x = 1"),
             ("x = 1", ""), ("", ""), ("}", "}"),
             ("y = " + "+".join(f"a{i}" for i in range(80)), "y = " + "+".join(f"a{i}" for i in range(0, 80, 2)))]
@@ -195,7 +200,8 @@ def run_official(longbench: Path, python: str) -> dict:
                 if k < len(rows):
                     per_case[index_of[dataset][k]] = result[dataset]
         return {"cases_sha256": cases_hash(cases), "per_case": per_case, "per_dataset": evaluate("all"),
-                "per_dataset_e": {d: {b: _nan_to_none(v) for b, v in s.items()} for d, s in evaluate("all", e=True).items()}}
+                "per_dataset_e": {d: {b: _nan_to_none(v) for b, v in s.items()}
+                                  for d, s in evaluate("all", e=True).items()}}
 
 
 def main() -> None:
