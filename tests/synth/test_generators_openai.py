@@ -19,12 +19,7 @@ from fake_openai import FakeServer
 from tenfold.cli import main
 
 KEY = "sk-planted-0123456789abcdefXYZ"
-KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"
-
-
-@pytest.fixture
-def planted_key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
+KEY_ENV = "TENFOLD_TEST_PLANTED_KEY"  # conftest's planted_key puts KEY there
 
 
 def synth_argv(corpus, output, server, *extra):

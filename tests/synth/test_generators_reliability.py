@@ -6,7 +6,7 @@ import socket
 from types import SimpleNamespace
 
 import pytest
-from test_generators_openai import KEY_ENV, planted_key, synth_argv  # noqa: F401 (a fixture)
+from test_generators_openai import KEY_ENV, synth_argv
 from test_synth import records_of, write_corpus
 
 from fake_openai import FakeServer
