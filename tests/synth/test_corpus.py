@@ -31,8 +31,9 @@ def test_folder_with_bad_files_yields_the_good_ones_and_names_each_bad_one(tmp_p
     pq.write_table(pa.table({"text": ["row one", "row two"], "n": [1, 2]}), corpus / "rows.parquet")
     skipped = Counter()
     documents = list(read_corpus(corpus, skipped))
-    assert sorted(d.text for d in documents) == sorted(["the fox is red .\nthe owl is grey .", "# notes\n\nthe cat is black .",
-                                                        "paper one", "row one", "row two"])
+    assert sorted(d.text for d in documents) == sorted(["the fox is red .\nthe owl is grey .",
+                                                        "# notes\n\nthe cat is black .", "paper one", "row one",
+                                                        "row two"])
     assert all(d.source == "books" for d in documents)
     assert skipped == Counter(empty_file=2, binary_file=1, not_utf8=1, no_text_field=1, bad_json_line=1)
     errors = capsys.readouterr().err.strip().splitlines()
@@ -47,7 +48,8 @@ def test_jsonl_text_field_and_saved_dataset(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"content": f"document {i}"}) for i in range(3)) + "\n")
     skipped = Counter()
-    assert [d.text for d in read_corpus(path, skipped, text_field="content")] == ["document 0", "document 1", "document 2"]
+    assert ([d.text for d in read_corpus(path, skipped, text_field="content")]
+            == ["document 0", "document 1", "document 2"])
     assert [d.origin for d in read_corpus(path, skipped, text_field="content")][-1].endswith("docs.jsonl:3")
     datasets.Dataset.from_dict({"text": ["saved one", "saved two"]}).save_to_disk(str(tmp_path / "saved"))
     assert [d.text for d in read_corpus(tmp_path / "saved", skipped)] == ["saved one", "saved two"]
@@ -59,12 +61,13 @@ def test_filters_count_every_skip_by_reason(tmp_path, count_tokens):
     from tenfold.synth.corpus import Document, text_id
 
     english = "The committee met on Tuesday to discuss the budget for the coming year, and agreed to fund the library."
-    german = "Der Ausschuss traf sich am Dienstag, um den Haushalt für das kommende Jahr zu besprechen und die Bibliothek."
+    german = ("Der Ausschuss traf sich am Dienstag, um den Haushalt für das kommende Jahr zu besprechen und "
+              "die Bibliothek.")
     texts = [english, english, german, "The cat sat.", english + " " + english * 20]
     documents = [Document(text_id(t), t, "test", f"doc{i}") for i, t in enumerate(texts)]
     skipped, short = Counter(), []
     kept = list(filter_documents(documents, count_tokens, 10, 400, skipped, language="en",
-                                 too_short=lambda d, n: short.append(d.text)))
+                                 too_short=lambda d, _tokens: short.append(d.text)))
     assert [d.text for d, _ in kept] == [english]
     assert kept[0][1] == count_tokens(english)
     assert skipped == Counter(duplicate=1, language=1, too_short=1, too_long=1)

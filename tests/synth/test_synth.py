@@ -50,7 +50,8 @@ def offline_run(tmp_path_factory):
     common = ["--output", str(output), "--min-tokens", "400", "--max-tokens", "3000", "--chunk-tokens", "300",
               "--tokenizer", "tenfold/tiny-llama"]
     main(["synth", "--corpus", str(books), "--tasks", "biography"] + common)  # a second run appends below
-    argv = ["synth", "--corpus", str(corpus), "--tasks", "single_detail,multi_detail,multi_detail_heterogeneous"] + common
+    tasks = "single_detail,multi_detail,multi_detail_heterogeneous"
+    argv = ["synth", "--corpus", str(corpus), "--tasks", tasks] + common
     main(argv)
     return argv, corpus, output
 
@@ -137,7 +138,8 @@ def test_rerun_after_a_cut_last_line_redoes_that_record_once(tmp_path):
 def test_reply_validation_repairs_what_is_safe_and_counts_every_rejection():
     keys = ("question", "answer")
     assert parse_json_list('```json\n[{"question": "q", "answer": "a"},]\n```') == [{"question": "q", "answer": "a"}]
-    assert parse_json_list("Sure! [{'question': 'q', 'answer': 'a'}] Hope it helps.") == [{"question": "q", "answer": "a"}]
+    assert (parse_json_list("Sure! [{'question': 'q', 'answer': 'a'}] Hope it helps.")
+            == [{"question": "q", "answer": "a"}])
     assert parse_json_list('{"questions": [{"question": "q", "answer": "a"}]}') == [{"question": "q", "answer": "a"}]
     assert parse_json_list("__import__('os').system('true')") is None  # never evaluated
     rejected = Counter()
@@ -152,7 +154,8 @@ def test_reply_validation_repairs_what_is_safe_and_counts_every_rejection():
     assert valid_items('["just", "strings"]', keys, rejected) == []
     assert valid_items("[]", keys, rejected) == []
     assert rejected == Counter(unsupported_answer=1, empty_field=2, malformed_json=1, wrong_shape=1, no_items=1)
-    assert valid_items(reply, keys, Counter())[2]["answer"] == "a bright yellow dinghy"  # support checked only when asked
+    # support is checked only when asked
+    assert valid_items(reply, keys, Counter())[2]["answer"] == "a bright yellow dinghy"
 
 
 def test_transformers_generator_runs_and_counts_garbage_replies(tmp_path, tiny_model_dir):
@@ -175,7 +178,8 @@ def test_transformers_generator_runs_and_counts_garbage_replies(tmp_path, tiny_m
 
 def test_bad_settings_are_refused_with_the_allowed_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["synth", "--corpus", str(tmp_path), "--output", str(tmp_path / "o.jsonl"), "--tasks", "single_detail,poems"])
+        main(["synth", "--corpus", str(tmp_path), "--output", str(tmp_path / "o.jsonl"),
+              "--tasks", "single_detail,poems"])
     assert "unknown task(s) poems" in capsys.readouterr().err
     recipe = tmp_path / "r.yaml"
     recipe.write_text("synth:\n  temprature: 0.5\n")
