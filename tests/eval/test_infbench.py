@@ -52,9 +52,11 @@ def test_summary_metrics_of_the_two_presets():
     prediction, references = "The fox paints doors.\nAnna sleeps.", ["a zebra", "the fox paints two doors\nanna sleeps"]
     google = rouge_scorer.RougeScorer(["rougeLsum"])  # lowercased [a-z0-9] tokens, LCS over "\n" sentences
     best = google.score(references[1], prediction)["rougeLsum"].fmeasure
-    assert summary_score(prediction, references, "official") == best > google.score(references[0], prediction)["rougeLsum"].fmeasure
+    assert (summary_score(prediction, references, "official") == best
+            > google.score(references[0], prediction)["rougeLsum"].fmeasure)
     assert summary_score("", references, "paper") == 0.0  # the rouge package raises; scored 0
-    assert summary_score("anna sleeps", ["a zebra", "anna sleeps"], "paper") == pytest.approx(1, abs=1e-7)  # best reference
+    # scored against the best reference
+    assert summary_score("anna sleeps", ["a zebra", "anna sleeps"], "paper") == pytest.approx(1, abs=1e-7)
 
 
 def test_infbench_end_to_end_and_resume(tiny_backend, tmp_path):

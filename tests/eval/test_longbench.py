@@ -35,7 +35,8 @@ FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "longbench_official_scores.j
 
 
 def _parity_cases():
-    spec = importlib.util.spec_from_file_location("longbench_parity_fixture", ROOT / "scripts" / "longbench_parity_fixture.py")
+    spec = importlib.util.spec_from_file_location("longbench_parity_fixture",
+                                                  ROOT / "scripts" / "longbench_parity_fixture.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cases = module.build_cases()
@@ -184,7 +185,8 @@ def test_longbench_end_to_end_with_chat_rule_lengths_and_resume(backend, tmp_pat
     assert len(records) == 12
     for dataset in ("narrativeqa", "trec", "lcc", "passage_count"):
         rows = [r for r in records if r["dataset"] == dataset]
-        expected = score(dataset, [r["prediction"] for r in rows], [r["answers"] for r in rows], rows[-1]["all_classes"])
+        expected = score(dataset, [r["prediction"] for r in rows], [r["answers"] for r in rows],
+                         rows[-1]["all_classes"])
         assert summary["scores"][dataset] == expected
     assert summary["preset"] == "paper" and summary["score"] == summary["avg"]
     assert summary["avg"] == round(sum(summary["scores"].values()) / 4, 2)

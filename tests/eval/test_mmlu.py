@@ -38,7 +38,8 @@ class ScriptedBackend(FakeBackend):
             subject = next(s for s in SUBJECTS if s.replace("_", " ") in prompt.split("\n")[0])
             i = int(prompt.split("what is ")[1].split(" ")[0])
             answer = i % 4 if i < self.right[subject] else (i + 1) % 4
-            letter = self.tokenizer((" " if not chat else "") + LETTERS[answer], add_special_tokens=False)["input_ids"][-1]
+            text = (" " if not chat else "") + LETTERS[answer]
+            letter = self.tokenizer(text, add_special_tokens=False)["input_ids"][-1]
             out[row, letter] = 0.0
         return out
 
@@ -50,7 +51,8 @@ def test_presets_average_over_subjects_or_questions(tiny_backend, tmp_path):
     assert paper["subjects"] == {"abstract_algebra": 1.0, "philosophy": 0.0, "sociology": 0.2}
     assert paper["score"] == pytest.approx(1.2 / 3)  # mean of the subjects
     assert paper["categories"] == {"STEM": 1.0, "Social Sciences": 0.2, "Humanities": 0.0}
-    harness = run_mmlu(ScriptedBackend(tiny_backend.tokenizer, right), tmp_path / "harness", preset="lm-eval-harness", data=data)
+    harness = run_mmlu(ScriptedBackend(tiny_backend.tokenizer, right), tmp_path / "harness", preset="lm-eval-harness",
+                       data=data)
     assert harness["score"] == pytest.approx(3 / 10)  # 3 right out of 10 questions
     assert harness["preset"] == "lm-eval-harness" and paper["preset"] == "paper"
 
@@ -63,8 +65,8 @@ def test_letter_scores_follow_each_preset_protocol(tiny_backend, tmp_path):
         record = json.loads((tmp_path / preset / "mmlu.json").read_text())[1]
         prompt = format_prompt(record)
         if preset == "paper":  # the user turn of the chat template, then "A" without a space
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)["input_ids"]
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]
             letters = [tok(x, add_special_tokens=False)["input_ids"][-1] for x in LETTERS]
         else:  # raw text, then " A": the shared space token goes first, the letters compete after it
             ids = tok(prompt + " ")["input_ids"]
@@ -94,9 +96,10 @@ def test_jsonl_layouts_and_bad_input(tmp_path):
             {"query": "q2", "subject": "virology", "choices": ["a", "b", "c", "d"], "answer": "B"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     questions = load_questions(path)
-    assert [(q["id"], q["question"], q["answer"]) for q in questions] == [("virology/0", "q1", 2), ("virology/1", "q2", 1)]
-    assert format_prompt(questions[0]) == ("The following are multiple choice questions (with answers) about virology.\n\n"
-                                           "q1\nA. a\nB. b\nC. c\nD. d\nAnswer:")
+    assert ([(q["id"], q["question"], q["answer"]) for q in questions]
+            == [("virology/0", "q1", 2), ("virology/1", "q2", 1)])
+    assert format_prompt(questions[0]) == ("The following are multiple choice questions (with answers) about "
+                                           "virology.\n\nq1\nA. a\nB. b\nC. c\nD. d\nAnswer:")
     path.write_text(json.dumps({"question": "q", "subject": "x", "choices": ["a"], "answer": 0}) + "\n")
     with pytest.raises(ValueError, match="record 1"):
         load_questions(path)

@@ -149,7 +149,8 @@ def test_paper_scores_the_prediction_as_its_batch_decode_gave_it(tiny_backend, t
     cleaned = "sitting in Dolores Park, eating a hamburg on a sunny day."
     assert cell["prediction"] == answer and rouge_l_f1(cleaned, NEEDLE) != rouge_l_f1(answer, NEEDLE)
     assert cell["score"] == rouge_l_f1(cleaned, NEEDLE)
-    run_needle(FakeBackend(lambda _: answer, inner=tiny_backend), tmp_path / "no", lengths=[300], depths=[0], clean_up_spaces="no")
+    run_needle(FakeBackend(lambda _: answer, inner=tiny_backend), tmp_path / "no", lengths=[300], depths=[0],
+               clean_up_spaces="no")
     assert json.loads((tmp_path / "no" / "needle.json").read_text())[0]["score"] == rouge_l_f1(answer, NEEDLE)
 
 
@@ -218,7 +219,8 @@ def test_paper_haystack_reads_files_until_their_tokens_pass_the_longest_length(t
     assert paper_haystack(tok, tmp_path / "one.txt", 100) == "padded text."  # a file: whole, stripped
 
 
-def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically(tiny_model_dir, tiny_backend, tmp_path):
+def test_needle_from_cli_and_python_writes_cells_and_a_heatmap_deterministically(tiny_model_dir, tiny_backend,
+                                                                                 tmp_path):
     main(["eval", "needle", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "cli"),
           "--lengths", "300,450", "--depths", "0,50,100", "--max-length", "1024", "--training-length", "300",
           "--scorer", "rouge"])  # the paper preset's own default, paper-rouge, is tested from Python

@@ -28,7 +28,8 @@ def test_cases_hold_one_seeded_key_each_within_the_length(tokenizer):
         line = KEY_LINE.format(key=case["key"])
         assert case["prompt"].count(line) == 1 and case["prompt"].endswith(QUESTION)
         assert FILLER.split(".")[0] in case["prompt"]
-        assert case["length"] - 6 <= len(tokenizer(case["prompt"], add_special_tokens=False)["input_ids"]) <= case["length"] + 2
+        assert (case["length"] - 6 <= len(tokenizer(case["prompt"], add_special_tokens=False)["input_ids"])
+                <= case["length"] + 2)
 
 
 def test_scores_exact_match_of_the_first_integer_and_resumes(tokenizer, tmp_path):
@@ -41,18 +42,19 @@ def test_scores_exact_match_of_the_first_integer_and_resumes(tokenizer, tmp_path
     cells = json.loads((tmp_path / "passkey.json").read_text())
     assert [c["score"] for c in cells] == [1.0, 0.0, 1.0, 0.0]
     assert summary["score"] == 0.5 and (tmp_path / "passkey.png").stat().st_size > 10_000
-    again = FakeBackend(lambda prompt: "no idea", tokenizer=tokenizer)
+    again = FakeBackend(lambda _: "no idea", tokenizer=tokenizer)
     run_passkey(again, tmp_path, lengths=[200, 300, 400], depths=[0, 100])
     assert len(again.prompts) == 2  # only the new length's cells
     assert len(json.loads((tmp_path / "passkey.json").read_text())) == 6
 
 
 def test_passkey_cli_runs_a_tiny_model_end_to_end(tiny_model_dir, tmp_path):
-    main(["eval", "passkey", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--lengths", "200,300", "--max-length", "512",
-          "--depths", "0,100"])
+    main(["eval", "passkey", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--lengths", "200,300",
+          "--max-length", "512", "--depths", "0,100"])
     cells = json.loads((tmp_path / "passkey.json").read_text())
     assert len(cells) == 4 and all({"length", "depth", "key", "score", "prediction"} <= set(c) for c in cells)
     assert all(c["score"] == float(first_integer(c["prediction"]) == c["key"]) for c in cells)
     with pytest.raises(SystemExit):  # 1000 tokens do not fit the tiny model's 256
-        main(["eval", "passkey", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "x"), "--lengths", "1000"])
+        main(["eval", "passkey", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "x"),
+              "--lengths", "1000"])
     assert not (tmp_path / "x").exists()

@@ -329,7 +329,8 @@ def test_all_13_tasks_score_100_for_right_answers_resume_and_keep_their_key(toke
     assert summary["tasks"] == TASKS and set(summary["by_task_and_length"]) == set(TASKS)
     assert summary["score"] == 100.0 and summary["by_length"] == {"1536": 100.0, "2048": 100.0}
     assert summary["effective_length"] == 2048 and summary["weighted_average"] == {"inc": 100.0, "dec": 100.0}
-    assert {(c["max_new_tokens"], c["chat"]) for c in oracle.calls} == {(128, True), (30, True), (120, True), (50, True), (32, True)}
+    assert ({(c["max_new_tokens"], c["chat"]) for c in oracle.calls}
+            == {(128, True), (30, True), (120, True), (50, True), (32, True)})
     records = json.loads((tmp_path / "ruler.json").read_text())
     assert len(records) == 13 * 2 * 2 and [r["id"] for r in records[:3]] == ["niah_single_1-1536-0",
                                                                            "niah_single_1-1536-1",

@@ -122,9 +122,9 @@ def test_cases_are_batched_by_their_length_in_tokens_not_in_characters(tiny_back
     tokens = {case["id"]: prompt_tokens(tiny_backend, case) for case in cases}
     chars = {case["id"]: len(case["prompt"]) for case in cases}
     assert sorted(tokens, key=tokens.get) != sorted(chars, key=chars.get)  # the case
-    fake = FakeBackend(lambda prompt: "", inner=tiny_backend, batch_size=2)
+    fake = FakeBackend(lambda _: "", inner=tiny_backend, batch_size=2)
     run_cases(fake, cases, tmp_path / "x.predictions.jsonl", 2, lambda *_: {})
     by_prompt = {case["prompt"]: case["id"] for case in cases}
     batches = [[by_prompt[p] for p in call["prompts"]] for call in fake.calls]
     assert batches == [sorted(tokens, key=tokens.get)[:2], sorted(tokens, key=tokens.get)[2:]]
-    assert prompt_tokens(FakeBackend(lambda prompt: ""), cases[0]) == chars["c0"]  # no tokenizer: characters
+    assert prompt_tokens(FakeBackend(lambda _: ""), cases[0]) == chars["c0"]  # no tokenizer: characters

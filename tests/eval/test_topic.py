@@ -18,7 +18,8 @@ def test_generated_conversations_follow_longchat_and_are_seeded():
     assert cases == generated_cases([3, 5], samples=2, seed=1) != generated_cases([3, 5], samples=2, seed=2)
     for case in cases:
         prompt = case["prompt"]
-        assert prompt.startswith(f"Below is a record of our previous conversation on {case['num_topics']} different topics.")
+        assert prompt.startswith(f"Below is a record of our previous conversation on {case['num_topics']} "
+                                 f"different topics.")
         assert prompt.endswith(QUESTION)
         assert prompt.count("USER: I would like to discuss the topic of") == case["num_topics"]
         assert first_topic(prompt) == case["target"]
