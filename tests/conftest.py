@@ -32,7 +32,8 @@ def tiny_backend(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
-    return write_jsonl(toy_records(24, seed=3, min_lines=4, max_lines=24), tmp_path_factory.mktemp("data") / "toy.jsonl")
+    records = toy_records(24, seed=3, min_lines=4, max_lines=24)
+    return write_jsonl(records, tmp_path_factory.mktemp("data") / "toy.jsonl")
 
 
 @pytest.fixture

@@ -29,9 +29,11 @@ def launch(script_args: list[str], procs: int, log: Path, config: str | None = N
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config),
                "--num_processes", str(procs), "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(free_port())]
-    with open(log, "w") as out:  # loopback only: gloo must not depend on how the host name resolves
+    # loopback only: gloo must not depend on how the host name resolves
+    worker_env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **(env or {})}
+    with open(log, "w") as out:
         launcher = subprocess.Popen(cmd + script_args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **(env or {})})
+                                    env=worker_env)
         try:
             returncode = launcher.wait(timeout=timeout)
         except subprocess.TimeoutExpired:  # a hung worker: kill the launcher and its workers, then fail

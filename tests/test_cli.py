@@ -38,7 +38,8 @@ CASES = {  # name: (argv, what the one line must say); {t} is the test's folder
     "list value": (["eval", "passkey", "--model", "{t}/no-model", "--output-dir", "{t}/e", "--lengths", "1,abc"],
                    "tenfold eval: error: command line: passkey.lengths: expected int, got 'abc'"),  # before loading
     "mix counts": (["mix", "--output", "{t}/m.jsonl", "--counts", "books=1"],
-                   "tenfold mix: error: command line: --counts: unknown source 'books'; use synthetic, instruct, plain"),
+                   "tenfold mix: error: command line: --counts: unknown source 'books'; "
+                   "use synthetic, instruct, plain"),
 }
 
 
@@ -108,7 +109,7 @@ def test_skip_messages_go_above_the_progress_bar_and_a_record_too_long_says_its_
     data = write_jsonl([*toy_records(4, seed=1, min_lines=1, max_lines=2), long_answer, no_turns],
                        tmp_path / "train.jsonl")
     written = []
-    monkeypatch.setattr(batches.tqdm, "write", lambda message, file=None: written.append(message))
+    monkeypatch.setattr(batches.tqdm, "write", lambda message, **_: written.append(message))
     recipe = load_recipe(None, {"data.train_files": [str(data)], "data.max_length": 96})
     rows, counts = batches.encode_files(recipe, load_tokenizer("tenfold/tiny-llama"), tmp_path / "run")
     assert counts["skipped"] == {"malformed record": 1, "longer than 96 tokens after truncation": 1}

@@ -61,7 +61,8 @@ def test_the_shipped_toy_data_keeps_the_shipped_tokenizer(tmp_path):
           "--counts", "synthetic=3,plain=2"])
     summary = json.loads((tmp_path / "m.jsonl.summary.json").read_text())
     assert summary["tokenizer"] == "tenfold/tiny-llama" and summary["sources"]["plain"]["records"] == 2
-    assert summary["sources"]["synthetic"]["by_source"] == {"toy": 3} and summary["sources"]["synthetic"]["skipped"] == 0
+    synthetic = summary["sources"]["synthetic"]
+    assert synthetic["by_source"] == {"toy": 3} and synthetic["skipped"] == 0
 
 
 def test_a_path_that_does_not_exist_is_named_and_a_hub_id_stays_one(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ def sources(tmp_path_factory):
     synthetic = [dict(r, task="single_detail") for r in toy_records(16, seed=9, min_lines=4, max_lines=12)
                  if "conversations" in r]
     write_jsonl(synthetic, root / "synth.jsonl")
-    alpaca = [{"instruction": f"Read the paper and answer question {i}.", "input": "" if i % 2 else f"Paper {i}: the owl is grey .",
+    alpaca = [{"instruction": f"Read the paper and answer question {i}.",
+               "input": "" if i % 2 else f"Paper {i}: the owl is grey .",
                "output": f"Answer {i}.", "file": f"paper{i}.txt"} for i in range(10)]
     write_jsonl(alpaca, root / "LongAlpaca.jsonl")
     with open(root / "LongAlpaca.jsonl", "a") as f:

@@ -63,7 +63,8 @@ def test_context_weight_applies_to_user_text_not_to_the_template(tok):
         if turn["role"] == "user":  # every word the user wrote carries the context weight
             assert all(word in half_text for word in turn["content"].split())
     markup = [t for t, w in zip(enc.input_ids, enc.weights) if w == 0.0]
-    assert tok.convert_tokens_to_ids("<|start_header_id|>") in markup and tok.convert_tokens_to_ids("<|end_header_id|>") in markup
+    assert (tok.convert_tokens_to_ids("<|start_header_id|>") in markup
+            and tok.convert_tokens_to_ids("<|end_header_id|>") in markup)
     assert not {tok.convert_tokens_to_ids(x) for x in ("<|start_header_id|>", "<|end_header_id|>")} & set(half)
     assert "user" not in half_text.split() and "assistant" not in half_text
 

@@ -109,7 +109,8 @@ def read_predictions(path):
 def grid_from_predictions(path):
     cells = {}
     for record in read_predictions(path):
-        cells.setdefault((record["length"], record["depth"]), []).append(record["prediction"].strip() == record["answer"])
+        hit = record["prediction"].strip() == record["answer"]
+        cells.setdefault((record["length"], record["depth"]), []).append(hit)
     return {key: sum(hits) / len(hits) for key, hits in cells.items()}
 
 
@@ -143,7 +144,8 @@ def test_quick_demo_writes_the_contract(quick_demo):
 
 def test_quick_demo_numbers_come_from_its_predictions(quick_demo):
     out, results = quick_demo
-    for row, path in [("before", "before/before.predictions.jsonl"), ("rope_only", "rope-x20/rope_only.predictions.jsonl"),
+    for row, path in [("before", "before/before.predictions.jsonl"),
+                      ("rope_only", "rope-x20/rope_only.predictions.jsonl"),
                       ("after", "after-x20/after.predictions.jsonl")]:
         measured = grid_from_predictions(out / path)
         assert {(c["length"], c["depth"]): c["accuracy"] for c in results[row]} == measured

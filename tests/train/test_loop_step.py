@@ -27,8 +27,9 @@ def watched_training(monkeypatch):
         model, rope = real_load(recipe, device)
         for layer in decoder_layers(model):
             # a submodule's hook fires in the forward and again in the backward's recompute of the layer
-            layer.input_layernorm.register_forward_hook(lambda *_: seen.__setitem__("norm_calls", seen["norm_calls"] + 1))
-            layer.register_forward_pre_hook(lambda m, args, kwargs: seen["layer_input_dtypes"].add(
+            layer.input_layernorm.register_forward_hook(
+                lambda *_: seen.__setitem__("norm_calls", seen["norm_calls"] + 1))
+            layer.register_forward_pre_hook(lambda _module, args, kwargs: seen["layer_input_dtypes"].add(
                 (args[0] if args else kwargs["hidden_states"]).dtype), with_kwargs=True)
         seen["model"] = model
         seen["initial"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -89,10 +89,10 @@ def gate_proj_inputs(monkeypatch):
     def load_and_watch(recipe, device):
         model, rope = real_load(recipe, device)
         for mlp in decoder_mlps(model):
-            mlp.gate_proj.register_forward_pre_hook(lambda m, args: seen["gate_proj"].append(
+            mlp.gate_proj.register_forward_pre_hook(lambda _module, args: seen["gate_proj"].append(
                 (args[0].numel() // args[0].shape[-1], torch.is_grad_enabled())))
         model.get_input_embeddings().register_forward_pre_hook(
-            lambda m, args: seen["lengths"].append(args[0].numel()))
+            lambda _module, args: seen["lengths"].append(args[0].numel()))
         return model, rope
 
     monkeypatch.setattr(loop, "load_model_for_training", load_and_watch)
@@ -138,7 +138,7 @@ def test_the_backward_recomputes_under_the_forwards_autocast():
     dtypes = []
     for mlp in decoder_mlps(model):
         mlp.gate_proj.register_forward_hook(
-            lambda m, args, out: dtypes.append((out.dtype, torch.is_grad_enabled())))
+            lambda _module, _args, out: dtypes.append((out.dtype, torch.is_grad_enabled())))
     tile_mlps(model, 10)
     inputs = batch(model.config.vocab_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -167,7 +167,7 @@ def test_short_sequences_run_untiled_and_models_it_cannot_tile_are_named():
     model = tiny_llama(num_layers=1)
     calls = []  # (positions, grad enabled): a tiled forward runs its tiles without autograd
     model.model.layers[0].mlp.gate_proj.register_forward_pre_hook(
-        lambda m, args: calls.append((args[0].shape[1], torch.is_grad_enabled())))
+        lambda _module, args: calls.append((args[0].shape[1], torch.is_grad_enabled())))
     tile_mlps(model, LENGTH)
     model(input_ids=torch.zeros(1, LENGTH, dtype=torch.long))
     model(input_ids=torch.zeros(1, LENGTH + 1, dtype=torch.long))
