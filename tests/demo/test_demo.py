@@ -197,3 +197,16 @@ def test_a_demo_rerun_is_keyed_like_eval_other_predictions_are_refused_or_overwr
     needle_grid(raised, *grid[1:], overwrite=True)
     key = json.loads((tmp_path / "grid.key.json").read_text())
     assert key["backend"]["rope"]["rope_theta"] == 400000.0 and key["settings"]["lengths"] == [128]
+
+
+def test_the_report_gives_each_row_rulers_effective_length_on_its_needle_grid():
+    from tenfold.demo.report import summary_row
+
+    grid = [{"length": 256, "depth": d, "accuracy": a} for d, a in ((0, 1.0), (100, 1.0))]
+    grid += [{"length": 512, "depth": d, "accuracy": a} for d, a in ((0, 1.0), (100, 0.8))]  # 90: above 85.6
+    grid += [{"length": 768, "depth": d, "accuracy": a} for d, a in ((0, 0.9), (100, 0.8))]  # 85: not
+    results = {"row": grid, "native_length": 256, "loss_by_position": {"row": [1.0, 2.0, 3.0]},
+               "short_check": {"row": 1.0}}
+    assert summary_row(results, "row")["effective_length"] == 512
+    results["row"] = [dict(c, accuracy=0.0) for c in grid]
+    assert summary_row(results, "row")["effective_length"] is None

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from tenfold.eval.ruler import THRESHOLD, effective_length  # noqa: E402
 from tenfold.io import write_atomic  # noqa: E402
 
 LABELS = {"before": "base", "rope_only": "RoPE base raised, no training", "after": "RoPE base raised + QLoRA"}
@@ -42,7 +43,9 @@ def loss_plot(results: dict, path: Path, native: int) -> Path:
 def summary_row(results: dict, name: str) -> dict:
     grid, loss, native = results[name], results["loss_by_position"][name], results["native_length"]
     longest = max(c["length"] for c in grid)
+    needle_by_length = {length: 100 * needle_at(grid, length) for length in sorted({c["length"] for c in grid})}
     return {"needle_1x": needle_at(grid, native), "needle_10x": needle_at(grid, longest),
+            "effective_length": effective_length(needle_by_length),
             "needle_mean": sum(c["accuracy"] for c in grid) / len(grid), "needle_min": min(c["accuracy"] for c in grid),
             "loss_1x": loss[0], "loss_10x": loss[-1], "loss_max": max(loss), "short": results["short_check"][name]}
 
@@ -106,14 +109,18 @@ def write_report(out: Path, results: dict, timings: dict, training: dict, theta:
         "| " + " | ".join(f"![{LABELS[n]}]({pictures[n]})" for n in LABELS) + " |", "",
         "## Loss per position", "", "![loss per position](loss.png)", "",
         "## The three rows", "",
-        "| row | needle 1x | needle 10x | grid mean | worst cell | loss 1x | loss 10x | worst bin | short check |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | needle 1x | needle 10x | grid mean | worst cell | effective length | loss 1x | loss 10x | worst bin "
+        "| short check |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, n in numbers.items():
+        effective = f"{n['effective_length']:,}" if n["effective_length"] else "none"
         lines.append(f"| {LABELS[name]} | {n['needle_1x']:.2f} | {n['needle_10x']:.2f} | {n['needle_mean']:.2f} | "
-                     f"{n['needle_min']:.2f} | {n['loss_1x']:.2f} | {n['loss_10x']:.2f} | {n['loss_max']:.2f} | "
-                     f"{n['short']:.2f} |")
-    lines += ["", *[f"- **{LABELS[name]}**: {text}" for name, text in said.items()], "",
+                     f"{n['needle_min']:.2f} | {effective} | {n['loss_1x']:.2f} | {n['loss_10x']:.2f} | "
+                     f"{n['loss_max']:.2f} | {n['short']:.2f} |")
+    lines += ["", f"Effective length: the longest needle length whose mean score is above {THRESHOLD} of 100, "
+              "RULER's rule (its threshold: Llama-2-7B-chat's score at 4K).", "",
+              *[f"- **{LABELS[name]}**: {text}" for name, text in said.items()], "",
               "Loss per bin (nats per token, bins of the native length):", "",
               "| row | " + " | ".join(f"{k}x" for k in range(1, len(results["loss_by_position"]["before"]) + 1)) + " |",
               "|---|" + "---|" * len(results["loss_by_position"]["before"])]

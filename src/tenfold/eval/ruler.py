@@ -368,6 +368,11 @@ def task_score(scores: list[float]) -> float:
     return round(sum(scores) / len(scores) * 100, 2) if scores else float("nan")
 
 
+def effective_length(score_by_length: dict[int, float], threshold: float = THRESHOLD) -> int | None:
+    """RULER's effective length: the longest length whose score (0-100) is above the threshold."""
+    return max((length for length, score in score_by_length.items() if score > threshold), default=None)
+
+
 def summarize(records: list[dict], tasks: list[str], lengths: list[int], threshold: float = THRESHOLD) -> dict:
     table = {t: {str(L): task_score([r["score"] for r in records if r["task"] == t and r["length"] == L])
                  for L in lengths} for t in tasks}
@@ -380,7 +385,7 @@ def summarize(records: list[dict], tasks: list[str], lengths: list[int], thresho
             "weighted_average": {"inc": round(sum(w * v for w, v in zip(weights, values)) / sum(weights), 2),
                                  "dec": round(sum(w * v for w, v in zip(weights, values[::-1])) / sum(weights), 2)},
             "threshold": threshold,
-            "effective_length": max((L for L in lengths if by_length[str(L)] > threshold), default=None)}
+            "effective_length": effective_length({L: by_length[str(L)] for L in lengths}, threshold)}
 
 
 @dataclass
