@@ -278,6 +278,22 @@ def measure_step(path: str, length: int, bf16: bool, device: str = "cpu", model:
 OUT_OF_MEMORY = ("can't allocate memory", "MemoryError", "OutOfMemoryError", "CUDA out of memory")
 
 
+# Paths that need a peer installed: path -> (its module, the one line that installs it).
+OPTIONAL_PEERS = {"trl": ("trl", "pip install -e '.[bench]'  # TRL's SFTTrainer")}
+
+
+def installed_paths(paths: list[str], benchmark: str) -> list[str]:
+    """The paths whose peer is installed; each one skipped says so in one line, with what to install."""
+    kept = []
+    for path in paths:
+        module, install = OPTIONAL_PEERS.get(path, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            print(f"{benchmark}: skipping the {path} path: {module} is not installed; {install}", file=sys.stderr)
+        else:
+            kept.append(path)
+    return kept
+
+
 def measure_in_subprocess(path: str, length: int, bf16: bool, device: str = "cpu", model: str = "small",
                           offload: bool = False, timeout: float = 3600) -> dict:
     """Each measurement in a fresh process, so peak memory is that step's alone; out of memory -> oom, past

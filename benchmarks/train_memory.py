@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 import torch
 
-from common import markdown_table, measure_in_subprocess, record
+from common import installed_paths, markdown_table, measure_in_subprocess, record
 
 PATHS = ("baseline", "trl", "tenfold")
 MODEL_TEXT = {"small": "hidden 128, 2 layers, 4 heads",
@@ -113,6 +113,7 @@ def main() -> None:
     paths = [p for p in PATHS if p in args.paths.split(",")]  # in the table's order
     if unknown := set(args.paths.split(",")) - set(PATHS):
         raise SystemExit(f"--paths: unknown {', '.join(sorted(unknown))}; the paths are {', '.join(PATHS)}")
+    paths = installed_paths(paths, "train_memory")
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA device")
