@@ -274,3 +274,50 @@ def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_
     assert default_truncate_length("official", 4096) == 3_500 and default_truncate_length("official", 32_768) == 31_500
     with pytest.raises(UserError, match="--truncate-length"):
         default_truncate_length("paper", 1024)
+
+
+# ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_longbench.py
+
+def _paper_fixture_maker():
+    spec = importlib.util.spec_from_file_location("longbench_paper_parity_fixture",
+                                                  ROOT / "scripts" / "longbench_paper_parity_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_longbench_config
+def test_paper_preset_builds_and_generates_what_the_papers_eval_longbench_py_did(tmp_path):
+    from tenfold.generation import load_backend, render_prompt
+
+    maker = _paper_fixture_maker()
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_paper_parity.json").read_text())
+    records = maker.build_records()
+    assert maker.records_sha256(records) == fixture["records_sha256"], \
+        "the records changed: regenerate the fixture with scripts/longbench_paper_parity_fixture.py"
+    prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
+    maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
+    backend = load_backend(str(maker.write_model(tmp_path / "model")), chat_template="llama-3", max_length=1024)
+    clean_up = maker.CleanUpDecode(backend.tokenizer)  # the decode of the paper's transformers 4.39.3
+    by_dataset = defaultdict(list)
+    for record, expected in zip(records, fixture["cases"], strict=True):
+        dataset = record["dataset"]
+        record = {**record, "answers": ["x"], "all_classes": None, "length": 0}
+        chat = dataset not in longbench.NO_CHAT_TEMPLATE
+        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"])
+        assert render_prompt(backend.tokenizer, case["prompt"], chat) == expected["input_ids"], record["_id"]
+        (cleaned,) = build_cases(clean_up, dataset, [record], prompts[dataset], fixture["max_length"])
+        assert render_prompt(backend.tokenizer, cleaned["prompt"], chat) == expected["input_ids_clean_up"]
+        controls = generation_controls("paper", dataset)
+        assert backend.generate_ids([case["prompt"]], maxlen[dataset], chat, controls=controls) == \
+            [expected["output_ids"]], record["_id"]
+        assert backend.generate([case["prompt"]], maxlen[dataset], chat, controls=controls) == \
+            [expected["prediction"]], record["_id"]
+        by_dataset[dataset].append((case["prompt"], expected["prediction"]))
+    for dataset, rows in by_dataset.items():  # run_longbench's batches (left padded) give the same
+        predictions = backend.generate([p for p, _ in rows], maxlen[dataset], dataset not in longbench.NO_CHAT_TEMPLATE,
+                                       controls=generation_controls("paper", dataset))
+        assert predictions == [prediction for _, prediction in rows], dataset
+    ends = {tuple(c["output_ids"][-1:]) for c in fixture["cases"]}
+    assert {(4,), (204,)} <= ends  # an end token and the "\n" token each end some answers
+    assert [c["input_ids"] != c["input_ids_clean_up"] for c in fixture["cases"]].count(True) > 0
