@@ -27,23 +27,22 @@ rows make them win where the model would pick two of its common tokens ("\\n" fo
 for "í", a frequent first token), and its generation config lists the end ids Llama-3-8B-Instruct's does
 (<|end_of_text|>, <|eot_id|>), so that the stop at "\\n", the stop at an end token and the first-token ban
 each decide some cases. tests/eval/test_longbench.py imports build_records, records_sha256, write_model and
-CleanUpDecode from here.
+reference (flagembedding_reference: Transformers4Decode) from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import json
 import random
 import subprocess
 import sys
 import tempfile
-import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
+import flagembedding_reference as reference  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "longbench_paper_parity.json"
 MODEL = "tenfold/tiny-llama"
@@ -71,30 +70,6 @@ def records_sha256(records: list[dict]) -> str:
     return hashlib.sha256(json.dumps(records, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
 
-class CleanUpDecode:
-    """The tokenizer, decoding as transformers 4.39.3 did: the space clean-up when the call or the tokenizer's
-    config asks for it or says nothing (default True), BPE tokenizers included (transformers 5 skips it)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
-        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
-                                     clean_up_tokenization_spaces=False, **kwargs)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True)
-        return self.tokenizer.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
-
-    def batch_decode(self, rows, **kwargs):
-        return [self.decode(row, **kwargs) for row in rows]
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-
 def write_model(folder: Path) -> Path:
     """tenfold/tiny-llama with "\\n" and <|eot_id|> winning where "$" and "í" would (see the docstring)."""
     import torch
@@ -115,39 +90,9 @@ def write_model(folder: Path) -> Path:
     return folder
 
 
-def _stand_in(name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attributes)
-    sys.modules[name] = module
-    return module
-
-
 def load_reference(root: Path):
-    """main.eval_longbench of the tree, imported with stand-ins for what it does not use here."""
-    candidates = [root / "Long_LLM" / "longllm_qlora", root / "research" / "Long_LLM" / "longllm_qlora", root]
-    qlora = next((c for c in candidates if (c / "main" / "eval_longbench.py").is_file()), None)
-    if qlora is None:
-        sys.exit(f"{root}: no Long_LLM/longllm_qlora/main/eval_longbench.py; give a FlagEmbedding tree at 9f7dcd2")
-    if importlib.util.find_spec("fuzzywuzzy") is None:  # longbench_utils' code metric, not called here
-        _stand_in("fuzzywuzzy", fuzz=types.ModuleType("fuzz"))
-    try:
-        importlib.import_module("transformers.tokenization_utils").BatchEncoding
-    except (ImportError, AttributeError):  # transformers >= 5 moved these
-        import transformers
-
-        _stand_in("transformers.tokenization_utils", PreTrainedTokenizer=transformers.PreTrainedTokenizerBase,
-                  BatchEncoding=transformers.BatchEncoding)
-
-    @dataclasses.dataclass
-    class ModelArgs:  # the real one loads models; Args only subclasses it
-        chat_template: str = "llama-3"
-
-    src = _stand_in("src", ModelArgs=ModelArgs, DefaultDataCollator=None, FileLogger=None, makedirs=None,
-                    get_model_and_tokenizer=None)
-    src.__path__ = [str(qlora / "src")]
-    src.apply_chat_template = importlib.import_module("src.chat").apply_chat_template  # the real template
-    _stand_in("main").__path__ = [str(qlora / "main")]
-    return importlib.import_module("main.eval_longbench"), qlora
+    """main.eval_longbench of the tree, with the stand-ins of flagembedding_reference."""
+    return reference.load_reference(root, "eval_longbench")
 
 
 def reference_input_ids(module, tokenizer, records: list[dict]) -> list[list[int]]:
@@ -186,7 +131,7 @@ def build_fixture(root: Path) -> dict:
     tokenizer = load_tokenizer(MODEL)
     records = build_records()
     ids = reference_input_ids(module, tokenizer, records)
-    ids_clean_up = reference_input_ids(module, CleanUpDecode(tokenizer), records)
+    ids_clean_up = reference_input_ids(module, reference.Transformers4Decode(tokenizer), records)
     with tempfile.TemporaryDirectory() as tmp:
         model = AutoModelForCausalLM.from_pretrained(write_model(Path(tmp)), dtype="float32").eval()
     cases = []

@@ -29,7 +29,6 @@ PREDICTIONS from here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import hashlib
 import importlib
@@ -41,6 +40,9 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
+import flagembedding_reference as reference  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "needle_paper_parity.json"
 TOKENIZER = "tenfold/tiny-llama"
@@ -94,86 +96,21 @@ def ids_sha256(ids: list[int]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
 
 
-class DecodeSpy:
-    """The tokenizer, recording the ids of every decode, which it does as transformers 4.35.1 did.
-
-    The paper's needle runs used transformers 4.35.1, whose decode applied the tokenizer's
-    clean_up_tokenization (" ." -> ".", ...) when its config asked for it or said nothing (default True),
-    BPE tokenizers included; transformers 5 skips it for BPE. tiny-llama's tokenizer files cannot be
-    loaded by 4.35.1, so that one rule is kept here; the clean-up itself is transformers' own function."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.decoded = tokenizer, []
-
-    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
-        self.decoded.append(list(ids))
-        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
-                                     clean_up_tokenization_spaces=False, **kwargs)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True)
-        return self.tokenizer.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-
 class PromptsBuilt(Exception):
     def __init__(self, rows):
         super().__init__("prompts built")
         self.rows = rows
 
 
-def _stand_in(name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attributes)
-    sys.modules[name] = module
-    return module
-
-
 def load_reference(root: Path):
-    """main.eval_needle of the checkout, imported with stand-ins for what it cannot load offline."""
-    candidates = [root / "research" / "Long_LLM" / "longllm_qlora", root / "Long_LLM" / "longllm_qlora", root]
-    qlora = next((c for c in candidates if (c / "main" / "eval_needle.py").is_file()), None)
-    if qlora is None:
-        sys.exit(f"{root}: no research/Long_LLM/longllm_qlora/main/eval_needle.py; give a FlagEmbedding checkout")
-    for name in ("seaborn", "fuzzywuzzy"):
-        if importlib.util.find_spec(name) is None:
-            _stand_in(name, fuzz=types.ModuleType("fuzz"))
-    try:
-        importlib.import_module("transformers.tokenization_utils").BatchEncoding
-    except (ImportError, AttributeError):  # transformers >= 5 moved these
-        import transformers
-
-        _stand_in("transformers.tokenization_utils", PreTrainedTokenizer=transformers.PreTrainedTokenizerBase,
-                  BatchEncoding=transformers.BatchEncoding)
-
-    @dataclasses.dataclass
-    class ModelArgs:  # the fields main() reads; the real one loads models
-        cpu: bool = True
-        chat_template: str = "llama-3"
-        enable_tp: bool = False
-        batch_size: int = 1
-
-        def __post_init__(self):
-            pass
-
-        def resolve_path(self, path):
-            return path
-
-    src = _stand_in("src", ModelArgs=ModelArgs, DefaultDataCollator=None, FileLogger=None, makedirs=None,
-                    get_model_and_tokenizer=None)
-    src.__path__ = [str(qlora / "src")]
-    src.apply_chat_template = importlib.import_module("src.chat").apply_chat_template  # the real template
-    _stand_in("main").__path__ = [str(qlora / "main")]
-    return importlib.import_module("main.eval_needle"), importlib.import_module("main.longbench_utils"), qlora
+    """main.eval_needle and main.longbench_utils of the tree, with the stand-ins of flagembedding_reference."""
+    module, qlora = reference.load_reference(root, "eval_needle")
+    return module, importlib.import_module("main.longbench_utils"), qlora
 
 
 def run_reference(module, tokenizer, haystack: Path, lengths: list[int], depths: list[int]) -> dict:
     """The reference main() on one haystack, stopped once its prompts are built."""
-    spy = DecodeSpy(tokenizer)
+    spy = reference.Transformers4Decode(tokenizer)
     module.get_model_and_tokenizer = lambda *_args, **_kwargs: (None, spy)
     module.Accelerator = lambda *_args, **_kwargs: types.SimpleNamespace(device="cpu")
 

@@ -298,7 +298,7 @@ def test_paper_preset_builds_and_generates_what_the_papers_eval_longbench_py_did
     prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
     maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
     backend = load_backend(str(maker.write_model(tmp_path / "model")), chat_template="llama-3", max_length=1024)
-    clean_up = maker.CleanUpDecode(backend.tokenizer)  # the decode of the paper's transformers 4.39.3
+    clean_up = maker.reference.Transformers4Decode(backend.tokenizer)  # the decode of the paper's transformers 4.39.3
     by_dataset = defaultdict(list)
     for record, expected in zip(records, fixture["cases"], strict=True):
         dataset = record["dataset"]
