@@ -11,8 +11,9 @@
 #    peak GPU memory per process on 1 GPU and split over SP (default 2) with sequence parallel (summary.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+if [ -z "${PYTHON:-}" ]; then  # PYTHON given wins; else the active venv's python, else ./.venv's
+    PYTHON=python; if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+fi
 N="${1:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
 if [ "$N" -lt 2 ]; then echo "gpu_check_multi: needs 2 or more GPUs, found $N" >&2; exit 1; fi
 OUT="${OUT:-runs/gpu_check_multi}"

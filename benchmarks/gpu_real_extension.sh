@@ -14,8 +14,9 @@
 # --dry-run prints the commands without running them (no GPU needed). Not yet run on a GPU by its author.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+if [ -z "${PYTHON:-}" ]; then  # PYTHON given wins; else the active venv's python, else ./.venv's
+    PYTHON=python; if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+fi
 TENFOLD=("$PYTHON" -m tenfold.cli)
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
@@ -43,7 +44,7 @@ mkdir -p "$OUT"
 started_all=$SECONDS
 
 # The model: tenfold's shipped name when this checkout has it, else a folder converted once from the GGUF.
-MODEL=$("$PYTHON" -c "import sys; sys.path.insert(0, 'benchmarks'); import real_model; print(real_model.model_path())")
+MODEL=$("$PYTHON" -c "import sys; sys.path.insert(0, 'benchmarks'); import real_model; print(real_model.MODEL)")
 THETA=$("$PYTHON" -c "from transformers import AutoConfig; from tenfold.rope import current_rope; \
 from tenfold.models import resolve_model_path as r; \
 print(current_rope(AutoConfig.from_pretrained(r('$MODEL')))['rope_theta'])")
