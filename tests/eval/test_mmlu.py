@@ -1,12 +1,25 @@
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from fakes import FakeBackend
 from tenfold.errors import UserError
-from tenfold.eval.mmlu import LETTERS, format_prompt, load_questions, run_mmlu
+from tenfold.eval.mmlu import (
+    LETTERS,
+    PRESETS,
+    SUBJECT_CATEGORY,
+    format_prompt,
+    letter_token_ids,
+    load_questions,
+    run_mmlu,
+)
+from tenfold.io import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # subject -> number of questions: unequal sizes make the subject mean and the question mean differ
 SUBJECTS = {"abstract_algebra": 2, "philosophy": 3, "sociology": 5}
@@ -120,3 +133,59 @@ def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "mmlu.summary.json").read_text())
     assert summary["questions"] == 6 and summary["preset"] == "lm-eval-harness"
     assert "mmlu: score" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_mmlu.py
+
+def _paper_fixture_maker():
+    spec = importlib.util.spec_from_file_location("mmlu_parity_fixture", ROOT / "scripts" / "mmlu_parity_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def paper_fixture():
+    return json.loads((ROOT / "tests" / "fixtures" / "mmlu_parity.json").read_text())
+
+
+@pytest.mark.parametrize("chat_template", ["llama-3", "tokenizer"])  # tiny-llama's own: Llama-3-Instruct's
+def test_paper_preset_scores_what_the_papers_eval_mmlu_py_did(paper_fixture, chat_template, tmp_path, monkeypatch):
+    from tenfold import generation
+
+    maker = _paper_fixture_maker()
+    records = maker.build_records()
+    assert maker.records_sha256(records) == paper_fixture["records_sha256"], \
+        "the records changed: regenerate the fixture with scripts/mmlu_parity_fixture.py"
+    cases = paper_fixture["cases"]
+    model = maker.write_model(tmp_path / "model", [case["prompt_ids"] for case in cases])
+    backend = generation.load_backend(str(model), chat_template=chat_template, dtype="float32", batch_size=8)
+    fed, render = [], generation.render_prompt
+    monkeypatch.setattr(generation, "render_prompt", lambda *args, **kwargs: fed.append(render(*args, **kwargs))
+                        or fed[-1])  # the ids the model reads
+    summary = run_mmlu(backend, tmp_path / "out", preset="paper", data=write_jsonl(records, tmp_path / "test.json"))
+    assert sorted(fed) == sorted(case["prompt_ids"] for case in cases)  # token for token, each question once
+    assert [[i] for i in letter_token_ids(backend.tokenizer, PRESETS["paper"]["prefix"])[1]] == \
+        cases[0]["letter_ids"] and all(case["letter_ids"] == cases[0]["letter_ids"] for case in cases)
+    scored = json.loads((tmp_path / "out" / "mmlu.json").read_text())
+    for record, case in zip(scored, cases, strict=True):
+        assert record["prediction"] == case["prediction"], record["id"]
+        assert record["letter_logprobs"] == pytest.approx([-nll for nll in case["nll"]], abs=1e-4), record["id"]
+    assert summary["subjects"] == pytest.approx(paper_fixture["subjects"], abs=1e-6)
+    categories = {"Other" if name == "others" else name: value for name, value in paper_fixture["computed"].items()}
+    assert summary["score"] == pytest.approx(categories.pop("All"), abs=1e-6)
+    assert summary["categories"] == pytest.approx(categories, abs=1e-6)
+
+
+def test_paper_fixture_is_decided_by_clear_margins_and_the_reference_category_map(paper_fixture):
+    import hashlib
+
+    margins = [sorted(case["nll"])[1] - sorted(case["nll"])[0] for case in paper_fixture["cases"]]
+    assert min(margins) > 100 * 1e-4  # far above the score tolerance: no case is a near tie
+    assert {case["prediction"] for case in paper_fixture["cases"]} == set(range(4))
+    assert len(set(paper_fixture["subjects"].values())) >= 5 and len(set(paper_fixture["computed"].values())) == 5
+    reference_names = {name: "others" if category == "Other" else category
+                       for name, category in SUBJECT_CATEGORY.items()}
+    assert hashlib.sha256(json.dumps(reference_names, sort_keys=True).encode()).hexdigest() == \
+        paper_fixture["subject_category_sha256"], "tenfold's subject -> category map differs from the paper code's"
+    assert paper_fixture["printed"]["All"] == []  # the paper commit's print reads metrics["all"], never filled

@@ -7,6 +7,13 @@ B. ..\\nC. ..\\nD. ..\\nAnswer:". The prediction is the letter the model scores 
 - "paper" (FlagEmbedding eval_mmlu.py, Zhang et al., 2024, Table 3): the prompt is the user turn of the
   chat template and the letters "A".."D" (no leading space) open the assistant turn; per-subject
   accuracy; a category is the mean of its subjects' accuracies, and "All" the mean of the 57 subjects.
+  The paper code scores each letter by the mean NLL of the assistant turn's labelled tokens after dropping
+  the last eos id of the generation config: with Llama-3-Instruct's ids (<|end_of_text|>, <|eot_id|>) that
+  is the letter alone, so its argmin NLL is this preset's argmax log-probability. Its "All" is computed
+  as here but printed as an empty list at the paper's commit (it reads metrics["all"]; fixed later).
+  tests/eval/test_mmlu.py matches this preset prompt for prompt (token ids, with `--chat-template
+  llama-3` or Llama-3-Instruct's own template), prediction for prediction, letter scores within 1e-4 and
+  accuracies within 1e-6 with the paper's own code (scripts/mmlu_parity_fixture.py).
 - "lm-eval-harness": the raw prompt (no chat template) continued by " A".." D" (with the space);
   every average (categories and overall) is over questions.
 
