@@ -12,6 +12,7 @@ from tenfold.eval.mmlu import (
     LETTERS,
     PRESETS,
     SUBJECT_CATEGORY,
+    accuracies,
     format_prompt,
     letter_token_ids,
     load_questions,
@@ -68,6 +69,15 @@ def test_presets_average_over_subjects_or_questions(tiny_backend, tmp_path):
                        data=data)
     assert harness["score"] == pytest.approx(3 / 10)  # 3 right out of 10 questions
     assert harness["preset"] == "lm-eval-harness" and paper["preset"] == "paper"
+
+
+def test_each_preset_has_its_codes_category_map():
+    records = [{"subject": "anatomy", "correct": 1}, {"subject": "virology", "correct": 0},
+               {"subject": "astronomy", "correct": 0}]
+    paper = accuracies(records, "subjects", PRESETS["paper"]["categories"])["categories"]
+    harness = accuracies(records, "questions", PRESETS["lm-eval-harness"]["categories"])["categories"]
+    assert paper == {"STEM": 0.0, "Other": 0.5}  # FlagEmbedding: anatomy is "others"
+    assert harness == {"STEM": 0.5, "Other": 0.0}  # lm-eval: anatomy is in mmlu_stem
 
 
 def test_letter_scores_follow_each_preset_protocol(tiny_backend, tmp_path):

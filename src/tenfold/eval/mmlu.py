@@ -17,10 +17,11 @@ B. ..\\nC. ..\\nD. ..\\nAnswer:". The prediction is the letter the model scores 
 - "lm-eval-harness": the raw prompt (no chat template) continued by " A".." D" (with the space);
   every average (categories and overall) is over questions.
 
-Categories are FlagEmbedding's map (STEM, Social Sciences, Humanities, Other). The data is read from
-`data` (a folder in the original hendrycks CSV layout, test/<subject>_test.csv, or a JSONL file with
-cais/mmlu's fields question/subject/choices/answer, or FlagEmbedding's query/subject/choices/answer),
-else from the Hugging Face hub (cais/mmlu, config "all", split "test").
+Categories (STEM, Social Sciences, Humanities, Other): FlagEmbedding's map under "paper", lm-eval's
+groups (mmlu_stem, ...) under "lm-eval-harness"; they differ in one subject, anatomy (Other; STEM).
+The data is read from `data` (a folder in the original hendrycks CSV layout, test/<subject>_test.csv,
+or a JSONL file with cais/mmlu's fields question/subject/choices/answer, or FlagEmbedding's
+query/subject/choices/answer), else from the Hugging Face hub (cais/mmlu, config "all", split "test").
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from tenfold.eval.runner import claim_predictions, describe, resume_cases, write
 from tenfold.io import read_jsonl
 
 LETTERS = ("A", "B", "C", "D")
-PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
-           "lm-eval-harness": {"chat": False, "prefix": " ", "average": "questions"}}
 STEM = ["abstract_algebra", "astronomy", "college_biology", "college_chemistry", "college_computer_science",
         "college_mathematics", "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
         "elementary_mathematics", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
@@ -56,6 +55,10 @@ OTHER = ["anatomy", "business_ethics", "clinical_knowledge", "college_medicine",
          "professional_medicine", "virology"]
 CATEGORIES = {"STEM": STEM, "Social Sciences": SOCIAL_SCIENCES, "Humanities": HUMANITIES, "Other": OTHER}
 SUBJECT_CATEGORY = {subject: category for category, subjects in CATEGORIES.items() for subject in subjects}
+HARNESS_CATEGORIES = {**CATEGORIES, "STEM": sorted(STEM + ["anatomy"]),  # lm-eval's mmlu_stem has anatomy
+                      "Other": [s for s in OTHER if s != "anatomy"]}
+PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects", "categories": CATEGORIES},
+           "lm-eval-harness": {"chat": False, "prefix": " ", "average": "questions", "categories": HARNESS_CATEGORIES}}
 
 
 def format_prompt(question: dict) -> str:
@@ -136,7 +139,7 @@ def letter_token_ids(tokenizer, prefix: str) -> tuple[str, list[int]]:
     return tokenizer.decode(encoded[0][:shared]), [e[-1] for e in encoded]
 
 
-def accuracies(records: list[dict], average: str) -> dict:
+def accuracies(records: list[dict], average: str, categories: dict[str, list[str]] = CATEGORIES) -> dict:
     by_subject = defaultdict(list)
     for r in records:
         by_subject[r["subject"]].append(r["correct"])
@@ -146,14 +149,12 @@ def accuracies(records: list[dict], average: str) -> dict:
         return sum(values) / len(values) if values else None
 
     if average == "subjects":
-        categories = {c: mean([subjects[s] for s in names if s in subjects]) for c, names in CATEGORIES.items()}
+        means = {c: mean([subjects[s] for s in names if s in subjects]) for c, names in categories.items()}
         overall = mean(list(subjects.values()))
     else:
-        categories = {c: mean([r["correct"] for r in records if SUBJECT_CATEGORY.get(r["subject"]) == c])
-                      for c in CATEGORIES}
+        means = {c: mean([r["correct"] for r in records if r["subject"] in names]) for c, names in categories.items()}
         overall = mean([r["correct"] for r in records])
-    return {"score": overall, "categories": {c: v for c, v in categories.items() if v is not None},
-            "subjects": subjects}
+    return {"score": overall, "categories": {c: v for c, v in means.items() if v is not None}, "subjects": subjects}
 
 
 @dataclass
@@ -205,5 +206,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
     records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
     summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
                "average": f"over {settings['average']}", "questions": len(records),
-               **accuracies(records, settings["average"]), "paper_reported": paper_reported(backend.name, "mmlu")}
+               **accuracies(records, settings["average"], settings["categories"]),
+               "paper_reported": paper_reported(backend.name, "mmlu")}
     return write_outputs(out, "mmlu", records, summary)
