@@ -62,12 +62,12 @@ WORDS = ["the", "value", "of", "x", "=", "42", "1984", "is", "which", "Paris", "
          "data,", "end.", "Why?", "3:", "√2", "π", "naïve", "Ωmega"]
 
 
-def build_records() -> list[dict]:
+def build_records(subjects: dict[str, int] = SUBJECTS) -> list[dict]:
     """Deterministic records in the reference's test.json layout (query_id is the row, as its code needs)."""
     rng = random.Random(20240501)
     answers = random.Random(8)  # not in a zero-shot prompt; this seed gives each category its own accuracy
     records = []
-    for subject, count in SUBJECTS.items():
+    for subject, count in subjects.items():
         for i in range(count):
             query = " ".join(rng.choice(WORDS) for _ in range(rng.choice((5, 20, 90)))) + " ?"
             if i == 1:  # surrounding whitespace (stripped by the reference) and a newline inside (kept)
