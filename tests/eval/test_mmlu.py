@@ -147,11 +147,21 @@ def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):
 
 # ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_mmlu.py
 
-def _paper_fixture_maker():
-    spec = importlib.util.spec_from_file_location("mmlu_parity_fixture", ROOT / "scripts" / "mmlu_parity_fixture.py")
+def _fixture_maker(name="mmlu_parity_fixture"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _recording_render_prompt(monkeypatch) -> list[list[int]]:
+    """The ids of every prompt the backend renders (the ids the model reads), from now on."""
+    from tenfold import generation
+
+    fed, render = [], generation.render_prompt
+    monkeypatch.setattr(generation, "render_prompt", lambda *args, **kwargs: fed.append(render(*args, **kwargs))
+                        or fed[-1])
+    return fed
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +173,14 @@ def paper_fixture():
 def test_paper_preset_scores_what_the_papers_eval_mmlu_py_did(paper_fixture, chat_template, tmp_path, monkeypatch):
     from tenfold import generation
 
-    maker = _paper_fixture_maker()
+    maker = _fixture_maker()
     records = maker.build_records()
     assert maker.records_sha256(records) == paper_fixture["records_sha256"], \
         "the records changed: regenerate the fixture with scripts/mmlu_parity_fixture.py"
     cases = paper_fixture["cases"]
     model = maker.write_model(tmp_path / "model", [case["prompt_ids"] for case in cases])
     backend = generation.load_backend(str(model), chat_template=chat_template, dtype="float32", batch_size=8)
-    fed, render = [], generation.render_prompt
-    monkeypatch.setattr(generation, "render_prompt", lambda *args, **kwargs: fed.append(render(*args, **kwargs))
-                        or fed[-1])  # the ids the model reads
+    fed = _recording_render_prompt(monkeypatch)
     summary = run_mmlu(backend, tmp_path / "out", preset="paper", data=write_jsonl(records, tmp_path / "test.json"))
     assert sorted(fed) == sorted(case["prompt_ids"] for case in cases)  # token for token, each question once
     assert [[i] for i in letter_token_ids(backend.tokenizer, PRESETS["paper"]["prefix"])[1]] == \
@@ -199,3 +207,44 @@ def test_paper_fixture_is_decided_by_clear_margins_and_the_reference_category_ma
     assert hashlib.sha256(json.dumps(reference_names, sort_keys=True).encode()).hexdigest() == \
         paper_fixture["subject_category_sha256"], "tenfold's subject -> category map differs from the paper code's"
     assert paper_fixture["printed"]["All"] == []  # the paper commit's print reads metrics["all"], never filled
+
+
+# ---------------------------------------------------------------- the lm-eval-harness preset = lm-eval's mmlu tasks
+
+def test_lm_eval_harness_preset_scores_what_lm_eval_did(tmp_path, monkeypatch):
+    from tenfold.generation import load_backend
+    from tenfold.models import load_tokenizer
+
+    maker = _fixture_maker("mmlu_harness_parity_fixture")
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "mmlu_harness_parity.json").read_text())
+    records = maker.build_records()
+    assert maker.paper.records_sha256(records) == fixture["records_sha256"], \
+        "the records changed: regenerate the fixture with scripts/mmlu_harness_parity_fixture.py"
+    tokenizer = maker.paper.bos_tokenizer(load_tokenizer(maker.paper.MODEL))
+    model = maker.paper.write_model(tmp_path / "model", maker.levelling_prompts(tokenizer, records))
+    backend = load_backend(str(model), dtype="float32", batch_size=8)
+    fed = _recording_render_prompt(monkeypatch)
+    summary = run_mmlu(backend, tmp_path / "out", preset="lm-eval-harness",
+                       data=write_jsonl(records, tmp_path / "test.jsonl"))
+    cases = {f"{case['subject']}/{case['doc_id']}": case for case in fixture["cases"]}
+    # tenfold reads lm-eval's context and the continuations' shared first token (" "), then compares the letters
+    assert sorted(fed) == sorted(case["context"] + case["continuations"][0][:-1] for case in cases.values())
+    letters = letter_token_ids(backend.tokenizer, PRESETS["lm-eval-harness"]["prefix"])[1]
+    assert all([c[-1] for c in case["continuations"]] == letters for case in cases.values())
+    scored = json.loads((tmp_path / "out" / "mmlu.json").read_text())
+    assert sorted(record["id"] for record in scored) == sorted(cases)
+    for record in scored:
+        likelihoods = cases[record["id"]]["loglikelihoods"]
+        assert record["prediction"] == likelihoods.index(max(likelihoods)), record["id"]
+        assert record["correct"] == cases[record["id"]]["acc"], record["id"]
+        # lm-eval's scores add log p(" "), the same for the 4 letters: compare them relative to "A"
+        assert [x - record["letter_logprobs"][0] for x in record["letter_logprobs"]] == \
+            pytest.approx([x - likelihoods[0] for x in likelihoods], abs=1e-4), record["id"]
+    results = {name.removeprefix("tenfold_mmlu").lstrip("_"): value["acc"]
+               for name, value in fixture["results"].items()}
+    assert summary["subjects"] == pytest.approx({s: results[s] for s in summary["subjects"]}, abs=1e-6)
+    assert summary["score"] == pytest.approx(results[""], abs=1e-6)  # lm-eval's mmlu group, weighted by size
+    assert summary["categories"] == pytest.approx({"STEM": results["stem"], "Other": results["other"],
+                                                   "Social Sciences": results["social_sciences"],
+                                                   "Humanities": results["humanities"]}, abs=1e-6)
+    assert {case["loglikelihoods"].index(max(case["loglikelihoods"])) for case in cases.values()} == set(range(4))

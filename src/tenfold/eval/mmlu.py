@@ -15,7 +15,11 @@ B. ..\\nC. ..\\nD. ..\\nAnswer:". The prediction is the letter the model scores 
   llama-3` or Llama-3-Instruct's own template), prediction for prediction, letter scores within 1e-4 and
   accuracies within 1e-6 with the paper's own code (scripts/mmlu_parity_fixture.py).
 - "lm-eval-harness": the raw prompt (no chat template) continued by " A".." D" (with the space);
-  every average (categories and overall) is over questions.
+  every average (categories and overall) is over questions. tests/eval/test_mmlu.py matches it with
+  lm-eval 0.4.13's own mmlu tasks (scripts/mmlu_harness_parity_fixture.py): prompt ids, predictions,
+  letter scores up to log p(" ") (which lm-eval adds to all four) and subject/group accuracies. lm-eval
+  cuts a prompt longer than the model's window from the left; this preset scores it whole (MMLU's
+  prompts are far shorter than 8K tokens).
 
 Categories (STEM, Social Sciences, Humanities, Other): FlagEmbedding's map under "paper", lm-eval's
 groups (mmlu_stem, ...) under "lm-eval-harness"; they differ in one subject, anatomy (Other; STEM).
