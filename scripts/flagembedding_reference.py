@@ -5,14 +5,18 @@ main.<name> of a FlagEmbedding tree (a checkout, research/Long_LLM/longllm_qlora
 9f7dcd2, Long_LLM/longllm_qlora) with stand-ins for what it imports and has no use for here (its model
 loader, accelerate's pieces; seaborn, fuzzywuzzy when absent; transformers.tokenization_utils in
 transformers >= 5), and the real src/chat.py apply_chat_template. `Transformers4Decode` is a tokenizer
-that decodes as the paper's transformers 4.x did. Nothing of FlagEmbedding is stored in tenfold.
+that decodes as the paper's transformers 4.x did; `write_fixture` is the makers' command line. Nothing of
+FlagEmbedding is stored in tenfold.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import importlib.util
+import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -98,3 +102,32 @@ def load_reference(root: Path, name: str, model_args=ModelArgs, **src_attributes
     src.apply_chat_template = importlib.import_module("src.chat").apply_chat_template  # the real template
     stand_in("main").__path__ = [str(qlora / "main")]
     return importlib.import_module(f"main.{name}"), qlora
+
+
+def provenance(root: Path, qlora: Path, main_file: str) -> dict:
+    """Where a fixture comes from: the FlagEmbedding commit, the reference file, python and transformers."""
+    import transformers
+
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"flagembedding_commit": commit.stdout.strip() or "9f7dcd2 (an archive, no git)",
+            "reference": str((qlora / "main" / main_file).relative_to(root)),
+            "environment": {"python": sys.version.split()[0], "transformers": transformers.__version__}}
+
+
+def dump(fixture: dict) -> str:
+    """Indented, with each case on one line."""
+    text = json.dumps({**fixture, "cases": []}, indent=1, ensure_ascii=False)
+    cases = ",\n  ".join(json.dumps(case, ensure_ascii=False) for case in fixture["cases"])
+    return text.replace('"cases": []', '"cases": [\n  ' + cases + "\n ]") + "\n"
+
+
+def write_fixture(doc: str, default_out: Path, build_fixture) -> tuple[Path, dict]:
+    """A maker's command line: build_fixture(the FlagEmbedding tree given) written to --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("flagembedding", type=Path, help="a FlagEmbedding tree at the paper's commit 9f7dcd2")
+    parser.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args()
+    fixture = build_fixture(args.flagembedding.resolve())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(dump(fixture))
+    return args.out, fixture

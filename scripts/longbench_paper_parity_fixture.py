@@ -32,11 +32,9 @@ reference (flagembedding_reference: Transformers4Decode) from here.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -122,7 +120,6 @@ def reference_generate(module, model, tokenizer, dataset: str, input_ids: list[i
 
 
 def build_fixture(root: Path) -> dict:
-    import transformers
     from transformers import AutoModelForCausalLM
 
     from tenfold.models import load_tokenizer, shipped_model
@@ -140,15 +137,12 @@ def build_fixture(root: Path) -> dict:
         cases.append({"id": record["_id"], "dataset": record["dataset"], "input_ids": prompt_ids,
                       "input_ids_clean_up": clean_ids, "output_ids": output,
                       "prediction": tokenizer.batch_decode([output], skip_special_tokens=True)[0]})
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
     weights = Path(shipped_model(MODEL)) / "model.safetensors"  # write_model's source
     return {
         "note": "FlagEmbedding's eval_longbench.py process_longbench (llama-3, max_length 200) and main()'s "
                 "generate kwargs on scripts/longbench_paper_parity_fixture.py:build_records() with "
                 "tenfold/tiny-llama; regenerate with that script.",
-        "flagembedding_commit": commit.stdout.strip() or "9f7dcd2 (an archive, no git)",
-        "reference": str((qlora / "main" / "eval_longbench.py").relative_to(root)),
-        "environment": {"python": sys.version.split()[0], "transformers": transformers.__version__},
+        **reference.provenance(root, qlora, "eval_longbench.py"),
         "model": MODEL, "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "max_length": MAX_LENGTH, "records_sha256": records_sha256(records),
         "prompts_sha256": hashlib.sha256(json.dumps(module.DATASET2PROMPT, sort_keys=True).encode()).hexdigest(),
@@ -156,23 +150,10 @@ def build_fixture(root: Path) -> dict:
     }
 
 
-def dump(fixture: dict) -> str:
-    """Indented, with each case on one line."""
-    text = json.dumps({**fixture, "cases": []}, indent=1, ensure_ascii=False)
-    cases = ",\n  ".join(json.dumps(case, ensure_ascii=False) for case in fixture["cases"])
-    return text.replace('"cases": []', '"cases": [\n  ' + cases + "\n ]") + "\n"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("flagembedding", type=Path, help="a FlagEmbedding tree at the paper's commit 9f7dcd2")
-    parser.add_argument("--out", type=Path, default=FIXTURE)
-    args = parser.parse_args()
-    fixture = build_fixture(args.flagembedding.resolve())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(dump(fixture))
+    out, fixture = reference.write_fixture(__doc__, FIXTURE, build_fixture)
     cut = sum(c["input_ids"] != c["input_ids_clean_up"] for c in fixture["cases"])
-    print(f"wrote {args.out}: {len(fixture['cases'])} cases, {cut} where the 4.39.3 clean-up changes the prompt")
+    print(f"wrote {out}: {len(fixture['cases'])} cases, {cut} where the 4.39.3 clean-up changes the prompt")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,26 @@
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from fakes import FakeBackend
 from tenfold.errors import UserError
-from tenfold.eval.mmlu import LETTERS, format_prompt, load_questions, run_mmlu
+from tenfold.eval.mmlu import (
+    LETTERS,
+    PRESETS,
+    SUBJECT_CATEGORY,
+    accuracies,
+    format_prompt,
+    letter_token_ids,
+    load_questions,
+    run_mmlu,
+)
+from tenfold.io import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # subject -> number of questions: unequal sizes make the subject mean and the question mean differ
 SUBJECTS = {"abstract_algebra": 2, "philosophy": 3, "sociology": 5}
@@ -55,6 +69,15 @@ def test_presets_average_over_subjects_or_questions(tiny_backend, tmp_path):
                        data=data)
     assert harness["score"] == pytest.approx(3 / 10)  # 3 right out of 10 questions
     assert harness["preset"] == "lm-eval-harness" and paper["preset"] == "paper"
+
+
+def test_each_preset_has_its_codes_category_map():
+    records = [{"subject": "anatomy", "correct": 1}, {"subject": "virology", "correct": 0},
+               {"subject": "astronomy", "correct": 0}]
+    paper = accuracies(records, "subjects", PRESETS["paper"]["categories"])["categories"]
+    harness = accuracies(records, "questions", PRESETS["lm-eval-harness"]["categories"])["categories"]
+    assert paper == {"STEM": 0.0, "Other": 0.5}  # FlagEmbedding: anatomy is "others"
+    assert harness == {"STEM": 0.5, "Other": 0.0}  # lm-eval: anatomy is in mmlu_stem
 
 
 def test_letter_scores_follow_each_preset_protocol(tiny_backend, tmp_path):
@@ -120,3 +143,108 @@ def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "mmlu.summary.json").read_text())
     assert summary["questions"] == 6 and summary["preset"] == "lm-eval-harness"
     assert "mmlu: score" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_mmlu.py
+
+def _fixture_maker(name="mmlu_parity_fixture"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _recording_render_prompt(monkeypatch) -> list[list[int]]:
+    """The ids of every prompt the backend renders (the ids the model reads), from now on."""
+    from tenfold import generation
+
+    fed, render = [], generation.render_prompt
+    monkeypatch.setattr(generation, "render_prompt", lambda *args, **kwargs: fed.append(render(*args, **kwargs))
+                        or fed[-1])
+    return fed
+
+
+@pytest.fixture(scope="module")
+def paper_fixture():
+    return json.loads((ROOT / "tests" / "fixtures" / "mmlu_parity.json").read_text())
+
+
+@pytest.mark.parametrize("chat_template", ["llama-3", "tokenizer"])  # tiny-llama's own: Llama-3-Instruct's
+def test_paper_preset_scores_what_the_papers_eval_mmlu_py_did(paper_fixture, chat_template, tmp_path, monkeypatch):
+    from tenfold import generation
+
+    maker = _fixture_maker()
+    records = maker.build_records()
+    assert maker.records_sha256(records) == paper_fixture["records_sha256"], \
+        "the records changed: regenerate the fixture with scripts/mmlu_parity_fixture.py"
+    cases = paper_fixture["cases"]
+    model = maker.write_model(tmp_path / "model", [case["prompt_ids"] for case in cases])
+    backend = generation.load_backend(str(model), chat_template=chat_template, dtype="float32", batch_size=8)
+    fed = _recording_render_prompt(monkeypatch)
+    summary = run_mmlu(backend, tmp_path / "out", preset="paper", data=write_jsonl(records, tmp_path / "test.json"))
+    assert sorted(fed) == sorted(case["prompt_ids"] for case in cases)  # token for token, each question once
+    assert [[i] for i in letter_token_ids(backend.tokenizer, PRESETS["paper"]["prefix"])[1]] == \
+        cases[0]["letter_ids"] and all(case["letter_ids"] == cases[0]["letter_ids"] for case in cases)
+    scored = json.loads((tmp_path / "out" / "mmlu.json").read_text())
+    for record, case in zip(scored, cases, strict=True):
+        assert record["prediction"] == case["prediction"], record["id"]
+        assert record["letter_logprobs"] == pytest.approx([-nll for nll in case["nll"]], abs=1e-4), record["id"]
+    assert summary["subjects"] == pytest.approx(paper_fixture["subjects"], abs=1e-6)
+    categories = {"Other" if name == "others" else name: value for name, value in paper_fixture["computed"].items()}
+    assert summary["score"] == pytest.approx(categories.pop("All"), abs=1e-6)
+    assert summary["categories"] == pytest.approx(categories, abs=1e-6)
+
+
+def test_paper_fixture_is_decided_by_clear_margins_and_the_reference_category_map(paper_fixture):
+    import hashlib
+
+    margins = [sorted(case["nll"])[1] - sorted(case["nll"])[0] for case in paper_fixture["cases"]]
+    assert min(margins) > 100 * 1e-4  # far above the score tolerance: no case is a near tie
+    assert {case["prediction"] for case in paper_fixture["cases"]} == set(range(4))
+    assert len(set(paper_fixture["subjects"].values())) >= 5 and len(set(paper_fixture["computed"].values())) == 5
+    reference_names = {name: "others" if category == "Other" else category
+                       for name, category in SUBJECT_CATEGORY.items()}
+    assert hashlib.sha256(json.dumps(reference_names, sort_keys=True).encode()).hexdigest() == \
+        paper_fixture["subject_category_sha256"], "tenfold's subject -> category map differs from the paper code's"
+    assert paper_fixture["printed"]["All"] == []  # the paper commit's print reads metrics["all"], never filled
+
+
+# ---------------------------------------------------------------- the lm-eval-harness preset = lm-eval's mmlu tasks
+
+def test_lm_eval_harness_preset_scores_what_lm_eval_did(tmp_path, monkeypatch):
+    from tenfold.generation import load_backend
+    from tenfold.models import load_tokenizer
+
+    maker = _fixture_maker("mmlu_harness_parity_fixture")
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "mmlu_harness_parity.json").read_text())
+    records = maker.build_records()
+    assert maker.paper.records_sha256(records) == fixture["records_sha256"], \
+        "the records changed: regenerate the fixture with scripts/mmlu_harness_parity_fixture.py"
+    tokenizer = maker.paper.bos_tokenizer(load_tokenizer(maker.paper.MODEL))
+    model = maker.paper.write_model(tmp_path / "model", maker.levelling_prompts(tokenizer, records))
+    backend = load_backend(str(model), dtype="float32", batch_size=8)
+    fed = _recording_render_prompt(monkeypatch)
+    summary = run_mmlu(backend, tmp_path / "out", preset="lm-eval-harness",
+                       data=write_jsonl(records, tmp_path / "test.jsonl"))
+    cases = {f"{case['subject']}/{case['doc_id']}": case for case in fixture["cases"]}
+    # tenfold reads lm-eval's context and the continuations' shared first token (" "), then compares the letters
+    assert sorted(fed) == sorted(case["context"] + case["continuations"][0][:-1] for case in cases.values())
+    letters = letter_token_ids(backend.tokenizer, PRESETS["lm-eval-harness"]["prefix"])[1]
+    assert all([c[-1] for c in case["continuations"]] == letters for case in cases.values())
+    scored = json.loads((tmp_path / "out" / "mmlu.json").read_text())
+    assert sorted(record["id"] for record in scored) == sorted(cases)
+    for record in scored:
+        likelihoods = cases[record["id"]]["loglikelihoods"]
+        assert record["prediction"] == likelihoods.index(max(likelihoods)), record["id"]
+        assert record["correct"] == cases[record["id"]]["acc"], record["id"]
+        # lm-eval's scores add log p(" "), the same for the 4 letters: compare them relative to "A"
+        assert [x - record["letter_logprobs"][0] for x in record["letter_logprobs"]] == \
+            pytest.approx([x - likelihoods[0] for x in likelihoods], abs=1e-4), record["id"]
+    results = {name.removeprefix("tenfold_mmlu").lstrip("_"): value["acc"]
+               for name, value in fixture["results"].items()}
+    assert summary["subjects"] == pytest.approx({s: results[s] for s in summary["subjects"]}, abs=1e-6)
+    assert summary["score"] == pytest.approx(results[""], abs=1e-6)  # lm-eval's mmlu group, weighted by size
+    assert summary["categories"] == pytest.approx({"STEM": results["stem"], "Other": results["other"],
+                                                   "Social Sciences": results["social_sciences"],
+                                                   "Humanities": results["humanities"]}, abs=1e-6)
+    assert {case["loglikelihoods"].index(max(case["loglikelihoods"])) for case in cases.values()} == set(range(4))

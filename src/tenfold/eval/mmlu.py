@@ -7,13 +7,25 @@ B. ..\\nC. ..\\nD. ..\\nAnswer:". The prediction is the letter the model scores 
 - "paper" (FlagEmbedding eval_mmlu.py, Zhang et al., 2024, Table 3): the prompt is the user turn of the
   chat template and the letters "A".."D" (no leading space) open the assistant turn; per-subject
   accuracy; a category is the mean of its subjects' accuracies, and "All" the mean of the 57 subjects.
+  The paper code scores each letter by the mean NLL of the assistant turn's labelled tokens after dropping
+  the last eos id of the generation config: with Llama-3-Instruct's ids (<|end_of_text|>, <|eot_id|>) that
+  is the letter alone, so its argmin NLL is this preset's argmax log-probability. Its "All" is computed
+  as here but printed as an empty list at the paper's commit (it reads metrics["all"]; fixed later).
+  tests/eval/test_mmlu.py matches this preset prompt for prompt (token ids, with `--chat-template
+  llama-3` or Llama-3-Instruct's own template), prediction for prediction, letter scores within 1e-4 and
+  accuracies within 1e-6 with the paper's own code (scripts/mmlu_parity_fixture.py).
 - "lm-eval-harness": the raw prompt (no chat template) continued by " A".." D" (with the space);
-  every average (categories and overall) is over questions.
+  every average (categories and overall) is over questions. tests/eval/test_mmlu.py matches it with
+  lm-eval 0.4.13's own mmlu tasks (scripts/mmlu_harness_parity_fixture.py): prompt ids, predictions,
+  letter scores up to log p(" ") (which lm-eval adds to all four) and subject/group accuracies. lm-eval
+  cuts a prompt longer than the model's window from the left; this preset scores it whole (MMLU's
+  prompts are far shorter than 8K tokens).
 
-Categories are FlagEmbedding's map (STEM, Social Sciences, Humanities, Other). The data is read from
-`data` (a folder in the original hendrycks CSV layout, test/<subject>_test.csv, or a JSONL file with
-cais/mmlu's fields question/subject/choices/answer, or FlagEmbedding's query/subject/choices/answer),
-else from the Hugging Face hub (cais/mmlu, config "all", split "test").
+Categories (STEM, Social Sciences, Humanities, Other): FlagEmbedding's map under "paper", lm-eval's
+groups (mmlu_stem, ...) under "lm-eval-harness"; they differ in one subject, anatomy (Other; STEM).
+The data is read from `data` (a folder in the original hendrycks CSV layout, test/<subject>_test.csv,
+or a JSONL file with cais/mmlu's fields question/subject/choices/answer, or FlagEmbedding's
+query/subject/choices/answer), else from the Hugging Face hub (cais/mmlu, config "all", split "test").
 """
 
 from __future__ import annotations
@@ -31,8 +43,6 @@ from tenfold.eval.runner import claim_predictions, describe, resume_cases, write
 from tenfold.io import read_jsonl
 
 LETTERS = ("A", "B", "C", "D")
-PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects"},
-           "lm-eval-harness": {"chat": False, "prefix": " ", "average": "questions"}}
 STEM = ["abstract_algebra", "astronomy", "college_biology", "college_chemistry", "college_computer_science",
         "college_mathematics", "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
         "elementary_mathematics", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
@@ -49,6 +59,10 @@ OTHER = ["anatomy", "business_ethics", "clinical_knowledge", "college_medicine",
          "professional_medicine", "virology"]
 CATEGORIES = {"STEM": STEM, "Social Sciences": SOCIAL_SCIENCES, "Humanities": HUMANITIES, "Other": OTHER}
 SUBJECT_CATEGORY = {subject: category for category, subjects in CATEGORIES.items() for subject in subjects}
+HARNESS_CATEGORIES = {**CATEGORIES, "STEM": sorted(STEM + ["anatomy"]),  # lm-eval's mmlu_stem has anatomy
+                      "Other": [s for s in OTHER if s != "anatomy"]}
+PRESETS = {"paper": {"chat": True, "prefix": "", "average": "subjects", "categories": CATEGORIES},
+           "lm-eval-harness": {"chat": False, "prefix": " ", "average": "questions", "categories": HARNESS_CATEGORIES}}
 
 
 def format_prompt(question: dict) -> str:
@@ -129,7 +143,7 @@ def letter_token_ids(tokenizer, prefix: str) -> tuple[str, list[int]]:
     return tokenizer.decode(encoded[0][:shared]), [e[-1] for e in encoded]
 
 
-def accuracies(records: list[dict], average: str) -> dict:
+def accuracies(records: list[dict], average: str, categories: dict[str, list[str]] = CATEGORIES) -> dict:
     by_subject = defaultdict(list)
     for r in records:
         by_subject[r["subject"]].append(r["correct"])
@@ -139,14 +153,12 @@ def accuracies(records: list[dict], average: str) -> dict:
         return sum(values) / len(values) if values else None
 
     if average == "subjects":
-        categories = {c: mean([subjects[s] for s in names if s in subjects]) for c, names in CATEGORIES.items()}
+        means = {c: mean([subjects[s] for s in names if s in subjects]) for c, names in categories.items()}
         overall = mean(list(subjects.values()))
     else:
-        categories = {c: mean([r["correct"] for r in records if SUBJECT_CATEGORY.get(r["subject"]) == c])
-                      for c in CATEGORIES}
+        means = {c: mean([r["correct"] for r in records if r["subject"] in names]) for c, names in categories.items()}
         overall = mean([r["correct"] for r in records])
-    return {"score": overall, "categories": {c: v for c, v in categories.items() if v is not None},
-            "subjects": subjects}
+    return {"score": overall, "categories": {c: v for c, v in means.items() if v is not None}, "subjects": subjects}
 
 
 @dataclass
@@ -198,5 +210,6 @@ def run_mmlu(backend, output_dir: str | Path, preset: str = "paper", data: str |
     records = resume_cases(questions, path, predict, getattr(backend, "batch_size", 8), "mmlu")
     summary = {"benchmark": "mmlu", "model": describe(backend), "preset": preset,
                "average": f"over {settings['average']}", "questions": len(records),
-               **accuracies(records, settings["average"]), "paper_reported": paper_reported(backend.name, "mmlu")}
+               **accuracies(records, settings["average"], settings["categories"]),
+               "paper_reported": paper_reported(backend.name, "mmlu")}
     return write_outputs(out, "mmlu", records, summary)
