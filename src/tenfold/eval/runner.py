@@ -178,6 +178,29 @@ def write_outputs(output_dir: str | Path, name: str, records: list[dict], summar
     return summary
 
 
+CLEAN_UP_SPACES = ("tokenizer", "yes", "no")
+
+
+def transformers4_clean_up(tokenizer, text: str, clean_up_spaces: str = "tokenizer") -> str:
+    """Decoded text as transformers 4.x gave it, which the reference codes ran (the paper's 4.35.1 and 4.39.3,
+    LongBench's 4.31.0): their decode cleaned up tokenization spaces (" ." -> ".", " 's" -> "'s", ...) whenever
+    the tokenizer's config said so or said nothing (the default was True), BPE tokenizers included;
+    transformers 5 skips that for BPE tokenizers. Llama-3's config says true (the paper's runs); "yes" or
+    "no" overrides the config (a newer copy of a model's config may say otherwise)."""
+    if clean_up_spaces not in CLEAN_UP_SPACES:
+        raise UserError(f"clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
+    clean = clean_up_spaces == "yes" or (
+        clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
+    return tokenizer.clean_up_tokenization(text) if clean else text
+
+
+def transformers4_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer",
+                         skip_special_tokens: bool = False) -> str:
+    """tokenizer.decode(ids) as transformers 4.x decoded (see transformers4_clean_up)."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    return transformers4_clean_up(tokenizer, text, clean_up_spaces)
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
