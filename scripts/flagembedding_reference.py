@@ -4,8 +4,8 @@ Shared by scripts/*_parity_fixture.py that run one of its main/eval_*.py modules
 main.<name> of a FlagEmbedding tree (a checkout, research/Long_LLM/longllm_qlora, or the paper's commit
 9f7dcd2, Long_LLM/longllm_qlora) with stand-ins for what it imports and has no use for here (its model
 loader, accelerate's pieces; seaborn, fuzzywuzzy when absent; transformers.tokenization_utils in
-transformers >= 5), and the real src/chat.py apply_chat_template. `Transformers4Decode` is a tokenizer
-that decodes as the paper's transformers 4.x did. Nothing of FlagEmbedding is stored in tenfold.
+transformers >= 5), and the real src/chat.py apply_chat_template (transformers4.Transformers4Decode is the
+tokenizer that decodes as its transformers 4.x did). Nothing of FlagEmbedding is stored in tenfold.
 """
 
 from __future__ import annotations
@@ -16,35 +16,6 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
-
-
-class Transformers4Decode:
-    """The tokenizer, decoding as transformers 4.x did (the paper ran 4.35.1 and 4.39.3), recording the ids.
-
-    Its decode applied the tokenizer's clean_up_tokenization (" ." -> ".", " 's" -> "'s", ...) when the call
-    or the tokenizer's config asked for it or said nothing (default True), BPE tokenizers included;
-    transformers 5 skips it for BPE. tiny-llama's tokenizer files cannot be loaded by 4.x, so that one rule
-    is kept here; the clean-up itself is transformers' own function. `decoded`: the ids of every decode."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.decoded = tokenizer, []
-
-    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
-        self.decoded.append(list(ids))
-        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
-                                     clean_up_tokenization_spaces=False, **kwargs)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True)
-        return self.tokenizer.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
-
-    def batch_decode(self, rows, **kwargs):
-        return [self.decode(row, **kwargs) for row in rows]
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
 
 
 def stand_in(name: str, **attributes) -> types.ModuleType:

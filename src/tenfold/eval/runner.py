@@ -149,18 +149,23 @@ def prompt_tokens(backend, case: dict, chat: bool = True) -> int:
 
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,
               score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval",
-              controls: GenerationControls | None = None) -> list[dict]:
+              controls: GenerationControls | None = None,
+              post_process: Callable[[str], str] | None = None) -> list[dict]:
     """Generate and score every case not yet in predictions_path; returns all records in case order.
 
     A case may carry an "answer_prefix": text placed after the chat template, starting the answer.
     `controls` (stop strings, first-token bans) hold for every case of this call: a benchmark with rules per
     dataset calls once per dataset, and keys its predictions on them (claim_predictions' settings).
+    `post_process` rewrites each generated text before it is stored and scored (LongBench: the space clean-up
+    of transformers 4).
     A record is the case without its prompt, plus "prediction" and what `score` returns.
     """
     def predict(batch: list[dict]) -> list[dict]:
         prompts = [case["prompt"] for case in batch]
         prefixes = [case.get("answer_prefix", "") for case in batch]  # text that starts the answer (RULER)
         predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes, controls=controls)
+        if post_process is not None:
+            predictions = [post_process(prediction) for prediction in predictions]
         return [{**{k: v for k, v in case.items() if k != "prompt"}, "prediction": prediction,
                  **score(case, prediction)} for case, prediction in zip(batch, predictions)]
 
