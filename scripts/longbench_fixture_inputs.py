@@ -14,9 +14,11 @@ Llama-3-8B-Instruct's does (<|end_of_text|>, <|eot_id|>).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 MODEL = "tenfold/tiny-llama"
@@ -30,13 +32,18 @@ WORDS = ["the", "report", "Paris", "river", "said", "went", "to", "of", "and", "
 
 def build_records() -> list[dict]:
     """Deterministic LongBench-shaped records: 3 per dataset, of about 40, 250 and 600 words (answers, classes
-    and lengths as LongBench's records have them, for what reads them; no test scores them)."""
+    and lengths as LongBench's records have them, for what reads them; no test scores them). The last samsum
+    question ends in " Paris", after which write_model's model would begin with <|eot_id|> (found by trying
+    the words): samsum's ban on a first end token (pred.py's min_length, the paper's begin_suppress_tokens)
+    decides that case."""
     rng = random.Random(20240430)
     records = []
     for dataset in DATASETS:
         for i, words in enumerate((40, 250, 600)):
             context = " ".join(rng.choice(WORDS) for _ in range(words))
             question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + " ?"
+            if (dataset, i) == ("samsum", 2):  # where the model would begin with <|eot_id|>: a first-token ban decides
+                question += " Paris"
             classes = rng.sample(WORDS, 4) if dataset == "trec" else None  # a classification task's labels
             records.append({"input": question, "context": context, "dataset": dataset, "_id": f"{dataset}-{i}",
                             "answers": [classes[0] if classes else rng.choice(WORDS)], "all_classes": classes,
@@ -53,6 +60,16 @@ def model_sha256() -> str:
     from tenfold.models import shipped_model
 
     return hashlib.sha256((Path(shipped_model(MODEL)) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def inputs_record(records: list[dict]) -> dict:
+    """What a fixture says of its inputs, which the test checks before comparing: the records, the model,
+    the cut and the environment it was made in."""
+    import transformers
+
+    return {"environment": {"python": sys.version.split()[0], "transformers": transformers.__version__},
+            "model": MODEL, "model_sha256": model_sha256(), "max_length": MAX_LENGTH,
+            "records_sha256": records_sha256(records)}
 
 
 def write_model(folder: Path) -> Path:
@@ -89,3 +106,16 @@ def dump(fixture: dict) -> str:
     text = json.dumps({**fixture, "cases": []}, indent=1, ensure_ascii=False)
     cases = ",\n  ".join(json.dumps(case, ensure_ascii=False) for case in fixture["cases"])
     return text.replace('"cases": []', '"cases": [\n  ' + cases + "\n ]") + "\n"
+
+
+def write_fixture(doc: str, tree_help: str, build_fixture, default_out: Path) -> tuple[dict, Path]:
+    """A maker's command line, `TREE [--out PATH]`: the fixture built from the reference tree, written;
+    returns it and where it went."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("tree", type=Path, help=tree_help)
+    parser.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args()
+    fixture = build_fixture(args.tree.resolve())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(dump(fixture))
+    return fixture, args.out

@@ -31,7 +31,6 @@ tests/eval/test_longbench.py checks tenfold's paper preset against it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -79,8 +78,6 @@ def reference_generate(module, model, tokenizer, dataset: str, input_ids: list[i
 
 
 def build_fixture(root: Path) -> dict:
-    import transformers
-
     from tenfold.models import load_tokenizer
 
     module, qlora = load_reference(root)
@@ -107,25 +104,18 @@ def build_fixture(root: Path) -> dict:
                 "scripts/longbench_paper_parity_fixture.py.",
         "flagembedding_commit": commit.stdout.strip() or "9f7dcd2 (an archive, no git)",
         "reference": str((qlora / "main" / "eval_longbench.py").relative_to(root)),
-        "environment": {"python": sys.version.split()[0], "transformers": transformers.__version__},
-        "model": inputs.MODEL, "model_sha256": inputs.model_sha256(),
-        "max_length": inputs.MAX_LENGTH, "records_sha256": inputs.records_sha256(records),
+        **inputs.inputs_record(records),
         "prompts_sha256": hashlib.sha256(json.dumps(module.DATASET2PROMPT, sort_keys=True).encode()).hexdigest(),
         "cases": cases,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("flagembedding", type=Path, help="a FlagEmbedding tree at the paper's commit 9f7dcd2")
-    parser.add_argument("--out", type=Path, default=FIXTURE)
-    args = parser.parse_args()
-    fixture = build_fixture(args.flagembedding.resolve())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(inputs.dump(fixture))
+    fixture, out = inputs.write_fixture(__doc__, "a FlagEmbedding tree at the paper's commit 9f7dcd2", build_fixture,
+                                        FIXTURE)
     prompts, predictions = (sum(c[f"clean_up_changes_{what}"] for c in fixture["cases"])
                             for what in ("prompt", "prediction"))
-    print(f"wrote {args.out}: {len(fixture['cases'])} cases; the 4.39.3 clean-up changes {prompts} prompts and "
+    print(f"wrote {out}: {len(fixture['cases'])} cases; the 4.39.3 clean-up changes {prompts} prompts and "
           f"{predictions} predictions")
 
 

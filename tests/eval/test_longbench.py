@@ -304,7 +304,8 @@ def _reference_records(fixture: dict) -> list[dict]:
     return records
 
 
-def _run_like_the_reference(backend, preset: str, records: list[dict], fixture: dict, tmp_path: Path) -> None:
+def _run_like_the_reference(backend, preset: str, records: list[dict], fixture: dict, tmp_path: Path,
+                            monkeypatch) -> None:
     """run_longbench on the reference's records: every case's model input ids, new ids and stored prediction
     are the reference's, token for token."""
     from tenfold.generation import render_prompt
@@ -315,30 +316,46 @@ def _run_like_the_reference(backend, preset: str, records: list[dict], fixture: 
     for dataset in datasets:  # LongBench's <name>.jsonl
         lines = [json.dumps(r) + "\n" for r in records if r["dataset"] == dataset]
         (data / f"{dataset}.jsonl").write_text("".join(lines))
-    recording = FakeBackend(inner=backend)
-    run_longbench(recording, tmp_path / "run", datasets=datasets, preset=preset,
+    new_ids, generate_ids = {}, backend.generate_ids  # (prompt, chat) -> the new ids of run_longbench's batches
+
+    def recording(prompts, max_new_tokens, chat=True, *args, **kwargs):
+        rows = generate_ids(prompts, max_new_tokens, chat, *args, **kwargs)
+        new_ids.update(((prompt, chat), row) for prompt, row in zip(prompts, rows))
+        return rows
+
+    monkeypatch.setattr(backend, "generate_ids", recording)
+    run_longbench(backend, tmp_path / "run", datasets=datasets, preset=preset,
                   truncate_length=fixture["max_length"], data_dir=data, config_dir=CONFIG_DIR)
     stored = {r["id"]: r["prediction"] for r in json.loads((tmp_path / "run" / "longbench.json").read_text())}
     prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
-    maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
     built = []
     for record, expected in zip(records, fixture["cases"], strict=True):
         dataset, chat = record["dataset"], record["dataset"] not in longbench.NO_CHAT_TEMPLATE
         (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"])
         assert render_prompt(backend.tokenizer, case["prompt"], chat) == expected["input_ids"], case["id"]
+        assert new_ids[case["prompt"], chat] == expected["output_ids"], case["id"]
         assert stored[case["id"]] == expected["prediction"], case["id"]
         built.append((case["prompt"], chat))
-    assert sorted(built) == sorted((p, call["chat"]) for call in recording.calls for p in call["prompts"])
-    for dataset in datasets:  # the new ids behind the predictions, in run_longbench's batches
-        rows = [(p, c["output_ids"]) for (p, _), c in zip(built, fixture["cases"]) if c["dataset"] == dataset]
-        chat = dataset not in longbench.NO_CHAT_TEMPLATE
-        assert backend.generate_ids([p for p, _ in rows], maxlen[dataset], chat,
-                                    controls=generation_controls(preset, dataset)) == [ids for _, ids in rows], dataset
+    assert sorted(set(built)) == sorted(new_ids)  # run_longbench generated from these prompts (some cut alike)
+
+
+def _prompts_cleaned_up(backend, records: list[dict], fixture: dict) -> list[bool]:
+    """Per case: whether the cut decoded without the space clean-up gives other input ids than the reference's."""
+    from tenfold.generation import render_prompt
+
+    prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
+    changed = []
+    for record, expected in zip(records, fixture["cases"], strict=True):
+        dataset = record["dataset"]
+        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"], "no")
+        ids = render_prompt(backend.tokenizer, case["prompt"], dataset not in longbench.NO_CHAT_TEMPLATE)
+        changed.append(ids != expected["input_ids"])
+    return changed
 
 
 @needs_longbench_config
-def test_paper_preset_gives_the_prompts_and_predictions_of_the_papers_eval_longbench_py(tmp_path):
-    from tenfold.generation import load_backend, render_prompt
+def test_paper_preset_gives_the_prompts_and_predictions_of_the_papers_eval_longbench_py(tmp_path, monkeypatch):
+    from tenfold.generation import load_backend
 
     fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_paper_parity.json").read_text())
     records = _reference_records(fixture)
@@ -346,14 +363,39 @@ def test_paper_preset_gives_the_prompts_and_predictions_of_the_papers_eval_longb
     assert hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest() == fixture["prompts_sha256"]
     model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
     backend = load_backend(str(model), chat_template="llama-3", max_length=1024)
-    _run_like_the_reference(backend, "paper", records, fixture, tmp_path)
+    _run_like_the_reference(backend, "paper", records, fixture, tmp_path, monkeypatch)
     # the space clean-up of the paper's transformers 4.39.3 decides prompts and predictions here
     cleaned = [c["clean_up_changes_prompt"] for c in fixture["cases"]]
     assert 0 < sum(cleaned) < len(cleaned) and any(c["clean_up_changes_prediction"] for c in fixture["cases"])
-    for record, expected, changed in zip(records, fixture["cases"], cleaned):
-        dataset = record["dataset"]
-        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"], "no")
-        ids = render_prompt(backend.tokenizer, case["prompt"], dataset not in longbench.NO_CHAT_TEMPLATE)
-        assert (ids != expected["input_ids"]) == changed, record["_id"]
+    assert _prompts_cleaned_up(backend, records, fixture) == cleaned
     ends = {tuple(c["output_ids"][-1:]) for c in fixture["cases"]}
     assert {(4,), (204,)} <= ends  # an end token and the "\n" token each end some answers
+
+
+# ---------------------------------------------------------------- the official preset = LongBench's pred.py
+
+# pred.py's build_chat for each model name of the fixture, as tenfold's --chat-template renders it
+PRED_PY_TEMPLATES = {"tiny-llama": "none", "llama2-7b-chat-4k": "longbench-llama2"}
+
+
+@needs_longbench_config
+@pytest.mark.parametrize("model_name, chat_template", PRED_PY_TEMPLATES.items())
+def test_official_preset_gives_the_prompts_and_predictions_of_longbenchs_pred_py(model_name, chat_template, tmp_path,
+                                                                               monkeypatch):
+    from tenfold.generation import load_backend
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_official_parity.json").read_text())
+    records = _reference_records(fixture)
+    for name in ("dataset2prompt.json", "dataset2maxlen.json"):
+        assert hashlib.sha256((CONFIG_DIR / name).read_bytes()).hexdigest() == fixture["sha256"][f"config/{name}"]
+    assert fixture["model_names"] == list(PRED_PY_TEMPLATES)
+    cases = [c for c in fixture["cases"] if c["model_name"] == model_name]
+    model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
+    backend = load_backend(str(model), chat_template=chat_template, max_length=1024)
+    _run_like_the_reference(backend, "official", records, {**fixture, "cases": cases}, tmp_path, monkeypatch)
+    # what decides these cases: the clean-up of pred.py's transformers 4.31.0, in prompts and predictions;
+    # samsum's stop at the "\n" token (4: <|eot_id|>, 204: "\n"), which the other datasets generate past
+    assert any(_prompts_cleaned_up(backend, records, {**fixture, "cases": cases}))
+    assert any(backend.tokenizer.decode(c["output_ids"], skip_special_tokens=True) != c["prediction"] for c in cases)
+    samsum, others = [c for c in cases if c["dataset"] == "samsum"], [c for c in cases if c["dataset"] != "samsum"]
+    assert {c["output_ids"][-1] for c in samsum} == {4, 204} and any(204 in c["output_ids"][:-1] for c in others)

@@ -10,7 +10,15 @@ Two presets, each how its code generates and averages; the preset is part of the
 - "official": LongBench's pred.py and the leaderboard: generation stops at the end tokens, except samsum,
   which also stops at the "\\n" token and may not begin with it or an end token (pred.py's min_length);
   category = mean of its datasets, Avg = mean of the categories; prompts cut to 500 below the model's length
-  in thousands (pred.py's model2maxlen: 7,500 for an 8K model).
+  in thousands (pred.py's model2maxlen: 7,500 for an 8K model). For pred.py's prompts token for token,
+  evaluate with the template its build_chat gives the model: `--chat-template none` (the prompt as it is,
+  for a model it has no branch for) or `longbench-llama2` ([INST]prompt[/INST]); tests/eval/test_longbench.py
+  matches this preset with both token for token and prediction for prediction with pred.py's own get_pred
+  (scripts/longbench_official_parity_fixture.py). A difference no case there shows: pred.py stops at the
+  generation config's end ids, and on samsum (stops and min_length ban) at [the tokenizer's eos, "\\n"] only,
+  where tenfold takes every end token of the model (generation.stop_token_ids: the config's, the tokenizer's,
+  the template's end of turn); they part only where a model generates an end token the other list lacks
+  (Llama-3's <|end_of_text|> on samsum), never for the one-eos Llama-2 models pred.py was written for.
 - "paper": FlagEmbedding's eval_longbench.py at the paper's commit (Zhang et al., 2024): it appends the
   "\\n" token to the generation config's eos list in place, so every dataset stops at the first "\\n"
   token (a "\\n\\n" token does not stop it), and forbids those tokens as the first one on 2wikimqa, hotpotqa,
