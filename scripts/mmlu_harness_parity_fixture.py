@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
-import flagembedding_reference as reference  # noqa: E402
+import fixture_files  # noqa: E402
 import mmlu_parity_fixture as paper  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mmlu_harness_parity.json"
@@ -127,7 +127,7 @@ def build_fixture() -> dict:
 
 def main() -> None:
     fixture = build_fixture()
-    FIXTURE.write_text(reference.dump(fixture))
+    FIXTURE.write_text(fixture_files.dump(fixture))
     print(f"wrote {FIXTURE}: {len(fixture['cases'])} cases; {fixture['results'][PREFIX + 'mmlu']}")
 
 

@@ -46,6 +46,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
+import fixture_files  # noqa: E402
 import flagembedding_reference as reference  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mmlu_parity.json"
@@ -254,7 +255,8 @@ def build_fixture(root: Path) -> dict:
 
 
 def main() -> None:
-    out, fixture = reference.write_fixture(__doc__, FIXTURE, build_fixture)
+    fixture, out = fixture_files.write_fixture(__doc__, "a FlagEmbedding tree at the paper's commit 9f7dcd2",
+                                               build_fixture, FIXTURE)
     right = sum(c["prediction"] == c["answer"] for c in fixture["cases"])
     print(f"wrote {out}: {len(fixture['cases'])} cases, {right} right; computed {fixture['computed']}")
 

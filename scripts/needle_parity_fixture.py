@@ -43,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
 import flagembedding_reference as reference  # noqa: E402
+import transformers4  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "needle_paper_parity.json"
 TOKENIZER = "tenfold/tiny-llama"
@@ -110,7 +111,7 @@ def load_reference(root: Path):
 
 def run_reference(module, tokenizer, haystack: Path, lengths: list[int], depths: list[int]) -> dict:
     """The reference main() on one haystack, stopped once its prompts are built."""
-    spy = reference.Transformers4Decode(tokenizer)
+    spy = transformers4.Transformers4Decode(tokenizer)
     module.get_model_and_tokenizer = lambda *_args, **_kwargs: (None, spy)
     module.Accelerator = lambda *_args, **_kwargs: types.SimpleNamespace(device="cpu")
 

@@ -367,3 +367,27 @@ def test_the_papers_llama3_template_keeps_the_message_as_it_is_and_is_part_of_th
     assert own.identity()["chat_template"] == "tokenizer" and paper.identity()["chat_template"] == "llama-3"
     with pytest.raises(UserError, match="unknown chat template"):
         load_backend(str(tiny_model_dir), chat_template="llama-2")
+
+
+def test_longbench_pred_py_templates_give_the_prompt_as_its_tokenizer_call_does(tiny_model_dir):
+    import typing
+
+    from tenfold.eval import EvalSettings
+    from tenfold.generation import CHAT_TEMPLATES, use_chat_template
+
+    message = "  Read this . Answer:\n"
+    for adds_bos in (False, True):  # tiny-llama's tokenizer adds no BOS; Llama's add one, as pred.py counts
+        tok = load_backend(str(tiny_model_dir), chat_template="none").tokenizer
+        if adds_bos:
+            tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+                single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.bos_token_id)])
+        # pred.py for a model build_chat has no branch for: tokenizer(prompt), the prompt as it is
+        assert render_prompt(tok, message, chat=True) == tok(message)["input_ids"] == render_prompt(tok, message, False)
+        assert (render_prompt(tok, message, chat=True)[0] == tok.bos_token_id) == adds_bos
+        use_chat_template(tok, "longbench-llama2")  # pred.py for llama2: f"[INST]{prompt}[/INST]"
+        assert render_prompt(tok, message, chat=True) == tok(f"[INST]{message}[/INST]")["input_ids"]
+    raw = load_backend(str(tiny_model_dir), chat_template="none")
+    assert raw.identity()["chat_template"] == "none"  # part of the predictions' key
+    assert raw.stop_ids == load_backend(str(tiny_model_dir)).stop_ids  # the end tokens are the model's still
+    flag = typing.get_type_hints(EvalSettings)["chat_template"]  # --chat-template takes every choice
+    assert typing.get_args(flag) == tuple(CHAT_TEMPLATES)

@@ -84,14 +84,19 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(ids)
 
 
-# The chat template a prompt is rendered with: the tokenizer's own, or the string the paper's code writes for
+# The chat template a prompt is rendered with: the tokenizer's own; the string the paper's code writes for
 # Llama-3 (FlagEmbedding's fastchat-style "llama-3" template: no system turn, no trim of the message, the BOS
-# left to the tokenizer), which Llama-3-8B-Instruct's own template differs from by trimming the message.
+# left to the tokenizer), which Llama-3-8B-Instruct's own template differs from by trimming the message; or
+# what LongBench's pred.py does for a model its build_chat has no branch for ("none": the message as it is)
+# and for Llama-2 ("longbench-llama2": [INST]message[/INST], without the spaces of Llama-2's own template).
+# In every one but the tokenizer's the BOS is the tokenizer's to add, as pred.py's tokenizer call adds it.
 CHAT_TEMPLATES = {
     "tokenizer": None,
     "llama-3": "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
                "{{ message['content'] }}<|eot_id|>{% endfor %}"
                "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    "none": "{% for message in messages %}{{ message['content'] }}{% endfor %}",
+    "longbench-llama2": "{% for message in messages %}[INST]{{ message['content'] }}[/INST]{% endfor %}",
 }
 
 

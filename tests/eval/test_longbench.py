@@ -1,4 +1,5 @@
 import copy
+import hashlib
 import importlib.util
 import json
 import math
@@ -161,9 +162,11 @@ def test_truncate_middle_keeps_first_and_last_half_of_the_tokens(backend):
     prompt = "question first . " + " ".join(WORDS * 20) + " question last ?"
     ids = tok(prompt)["input_ids"]
     assert ids[0] == tok.bos_token_id
-    cut = truncate_middle(tok, prompt, 101)
-    assert cut == tok.decode(ids[:50], skip_special_tokens=True) + tok.decode(ids[-50:], skip_special_tokens=True)
-    assert cut.startswith("question first") and cut.endswith("question last ?")
+    halves = [tok.decode(ids[:50], skip_special_tokens=True), tok.decode(ids[-50:], skip_special_tokens=True)]
+    assert truncate_middle(tok, prompt, 101, clean_up_spaces="no") == "".join(halves)
+    cut = truncate_middle(tok, prompt, 101)  # each half as transformers 4 decoded it: " ." -> "."
+    assert cut == "".join(tok.clean_up_tokenization(half) for half in halves) != "".join(halves)
+    assert cut.startswith("question first.") and cut.endswith("question last?")
     assert truncate_middle(tok, "short prompt", 101) == "short prompt"
 
 
@@ -266,6 +269,12 @@ def test_each_preset_generates_as_its_code_does_and_is_part_of_the_key(backend, 
     with pytest.raises(ValueError, match="settings.preset 'paper' -> 'official'"):  # the preset is in the key
         run_longbench(backend, tmp_path / "paper", datasets=datasets, preset="official", truncate_length=120,
                       data_dir=data, config_dir=CONFIG_DIR)
+    with pytest.raises(ValueError, match="settings.clean_up_spaces 'tokenizer' -> 'no'"):  # so is the clean-up
+        run_longbench(backend, tmp_path / "paper", datasets=datasets, preset="paper", truncate_length=120,
+                      data_dir=data, config_dir=CONFIG_DIR, clean_up_spaces="no")
+    with pytest.raises(ValueError, match="use one of tokenizer, yes, no"):
+        run_longbench(backend, tmp_path / "x", datasets=datasets, truncate_length=120, data_dir=data,
+                      config_dir=CONFIG_DIR, clean_up_spaces="maybe")
 
 
 def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_for_a_short_model():
@@ -278,46 +287,115 @@ def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_
 
 # ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_longbench.py
 
-def _paper_fixture_maker():
-    spec = importlib.util.spec_from_file_location("longbench_paper_parity_fixture",
-                                                  ROOT / "scripts" / "longbench_paper_parity_fixture.py")
+def _fixture_maker(name: str):
+    """scripts/<name>.py, the maker of a parity fixture, imported."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@needs_longbench_config
-def test_paper_preset_builds_and_generates_what_the_papers_eval_longbench_py_did(tmp_path):
-    from tenfold.generation import load_backend, render_prompt
+def _reference_records(fixture: dict) -> list[dict]:
+    inputs = _fixture_maker("longbench_fixture_inputs")
+    records = inputs.build_records()
+    assert inputs.records_sha256(records) == fixture["records_sha256"] and fixture["model"] == inputs.MODEL, \
+        "the records changed: regenerate the fixtures with scripts/longbench_*_parity_fixture.py"
+    assert inputs.model_sha256() == fixture["model_sha256"], "tenfold/tiny-llama changed: regenerate the fixtures"
+    return records
 
-    maker = _paper_fixture_maker()
-    fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_paper_parity.json").read_text())
-    records = maker.build_records()
-    assert maker.records_sha256(records) == fixture["records_sha256"], \
-        "the records changed: regenerate the fixture with scripts/longbench_paper_parity_fixture.py"
+
+def _run_like_the_reference(backend, preset: str, records: list[dict], fixture: dict, tmp_path: Path,
+                            monkeypatch) -> None:
+    """run_longbench on the reference's records: every case's model input ids, new ids and stored prediction
+    are the reference's, token for token."""
+    from tenfold.generation import render_prompt
+
+    data = tmp_path / "data"
+    data.mkdir()
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    for dataset in datasets:  # LongBench's <name>.jsonl
+        lines = [json.dumps(r) + "\n" for r in records if r["dataset"] == dataset]
+        (data / f"{dataset}.jsonl").write_text("".join(lines))
+    new_ids, generate_ids = {}, backend.generate_ids  # (prompt, chat) -> the new ids of run_longbench's batches
+
+    def recording(prompts, max_new_tokens, chat=True, *args, **kwargs):
+        rows = generate_ids(prompts, max_new_tokens, chat, *args, **kwargs)
+        new_ids.update(((prompt, chat), row) for prompt, row in zip(prompts, rows))
+        return rows
+
+    monkeypatch.setattr(backend, "generate_ids", recording)
+    run_longbench(backend, tmp_path / "run", datasets=datasets, preset=preset,
+                  truncate_length=fixture["max_length"], data_dir=data, config_dir=CONFIG_DIR)
+    stored = {r["id"]: r["prediction"] for r in json.loads((tmp_path / "run" / "longbench.json").read_text())}
     prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
-    maxlen = json.loads((CONFIG_DIR / "dataset2maxlen.json").read_text())
-    backend = load_backend(str(maker.write_model(tmp_path / "model")), chat_template="llama-3", max_length=1024)
-    clean_up = maker.reference.Transformers4Decode(backend.tokenizer)  # the decode of the paper's transformers 4.39.3
-    by_dataset = defaultdict(list)
+    built = []
+    for record, expected in zip(records, fixture["cases"], strict=True):
+        dataset, chat = record["dataset"], record["dataset"] not in longbench.NO_CHAT_TEMPLATE
+        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"])
+        assert render_prompt(backend.tokenizer, case["prompt"], chat) == expected["input_ids"], case["id"]
+        assert new_ids[case["prompt"], chat] == expected["output_ids"], case["id"]
+        assert stored[case["id"]] == expected["prediction"], case["id"]
+        built.append((case["prompt"], chat))
+    assert sorted(set(built)) == sorted(new_ids)  # run_longbench generated from these prompts (some cut alike)
+
+
+def _prompts_cleaned_up(backend, records: list[dict], fixture: dict) -> list[bool]:
+    """Per case: whether the cut decoded without the space clean-up gives other input ids than the reference's."""
+    from tenfold.generation import render_prompt
+
+    prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
+    changed = []
     for record, expected in zip(records, fixture["cases"], strict=True):
         dataset = record["dataset"]
-        record = {**record, "answers": ["x"], "all_classes": None, "length": 0}
-        chat = dataset not in longbench.NO_CHAT_TEMPLATE
-        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"])
-        assert render_prompt(backend.tokenizer, case["prompt"], chat) == expected["input_ids"], record["_id"]
-        (cleaned,) = build_cases(clean_up, dataset, [record], prompts[dataset], fixture["max_length"])
-        assert render_prompt(backend.tokenizer, cleaned["prompt"], chat) == expected["input_ids_clean_up"]
-        controls = generation_controls("paper", dataset)
-        assert backend.generate_ids([case["prompt"]], maxlen[dataset], chat, controls=controls) == \
-            [expected["output_ids"]], record["_id"]
-        assert backend.generate([case["prompt"]], maxlen[dataset], chat, controls=controls) == \
-            [expected["prediction"]], record["_id"]
-        by_dataset[dataset].append((case["prompt"], expected["prediction"]))
-    for dataset, rows in by_dataset.items():  # run_longbench's batches (left padded) give the same
-        predictions = backend.generate([p for p, _ in rows], maxlen[dataset], dataset not in longbench.NO_CHAT_TEMPLATE,
-                                       controls=generation_controls("paper", dataset))
-        assert predictions == [prediction for _, prediction in rows], dataset
+        (case,) = build_cases(backend.tokenizer, dataset, [record], prompts[dataset], fixture["max_length"], "no")
+        ids = render_prompt(backend.tokenizer, case["prompt"], dataset not in longbench.NO_CHAT_TEMPLATE)
+        changed.append(ids != expected["input_ids"])
+    return changed
+
+
+@needs_longbench_config
+def test_paper_preset_gives_the_prompts_and_predictions_of_the_papers_eval_longbench_py(tmp_path, monkeypatch):
+    from tenfold.generation import load_backend
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_paper_parity.json").read_text())
+    records = _reference_records(fixture)
+    prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
+    assert hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest() == fixture["prompts_sha256"]
+    model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
+    backend = load_backend(str(model), chat_template="llama-3", max_length=1024)
+    _run_like_the_reference(backend, "paper", records, fixture, tmp_path, monkeypatch)
+    # the space clean-up of the paper's transformers 4.39.3 decides prompts and predictions here
+    cleaned = [c["clean_up_changes_prompt"] for c in fixture["cases"]]
+    assert 0 < sum(cleaned) < len(cleaned) and any(c["clean_up_changes_prediction"] for c in fixture["cases"])
+    assert _prompts_cleaned_up(backend, records, fixture) == cleaned
     ends = {tuple(c["output_ids"][-1:]) for c in fixture["cases"]}
     assert {(4,), (204,)} <= ends  # an end token and the "\n" token each end some answers
-    assert [c["input_ids"] != c["input_ids_clean_up"] for c in fixture["cases"]].count(True) > 0
+
+
+# ---------------------------------------------------------------- the official preset = LongBench's pred.py
+
+# pred.py's build_chat for each model name of the fixture, as tenfold's --chat-template renders it
+PRED_PY_TEMPLATES = {"tiny-llama": "none", "llama2-7b-chat-4k": "longbench-llama2"}
+
+
+@needs_longbench_config
+@pytest.mark.parametrize("model_name, chat_template", PRED_PY_TEMPLATES.items())
+def test_official_preset_gives_the_prompts_and_predictions_of_longbenchs_pred_py(model_name, chat_template, tmp_path,
+                                                                               monkeypatch):
+    from tenfold.generation import load_backend
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "longbench_official_parity.json").read_text())
+    records = _reference_records(fixture)
+    for name in ("dataset2prompt.json", "dataset2maxlen.json"):
+        assert hashlib.sha256((CONFIG_DIR / name).read_bytes()).hexdigest() == fixture["sha256"][f"config/{name}"]
+    assert fixture["model_names"] == list(PRED_PY_TEMPLATES)
+    cases = [c for c in fixture["cases"] if c["model_name"] == model_name]
+    model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
+    backend = load_backend(str(model), chat_template=chat_template, max_length=1024)
+    _run_like_the_reference(backend, "official", records, {**fixture, "cases": cases}, tmp_path, monkeypatch)
+    # what decides these cases: the clean-up of pred.py's transformers 4.31.0, in prompts and predictions;
+    # samsum's stop at the "\n" token (4: <|eot_id|>, 204: "\n"), which the other datasets generate past
+    assert any(_prompts_cleaned_up(backend, records, {**fixture, "cases": cases}))
+    assert any(backend.tokenizer.decode(c["output_ids"], skip_special_tokens=True) != c["prediction"] for c in cases)
+    samsum, others = [c for c in cases if c["dataset"] == "samsum"], [c for c in cases if c["dataset"] != "samsum"]
+    assert {c["output_ids"][-1] for c in samsum} == {4, 204} and any(204 in c["output_ids"][:-1] for c in others)

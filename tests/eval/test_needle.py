@@ -21,11 +21,11 @@ from tenfold.eval.needle import (
     PRESETS,
     build_cases,
     encoder,
-    paper_decode,
     paper_haystack,
     paper_prompt_ids,
     run_needle,
 )
+from tenfold.eval.runner import transformers4_decode
 from tenfold.generation import load_backend, render_prompt
 from tenfold.models import load_tokenizer, shipped_model
 
@@ -109,7 +109,7 @@ def test_paper_cases_put_the_needle_at_the_papers_token_offset_without_snapping(
         assert prompts[0][0] == len(prefix) and prompts[100][0] > budget  # depth 100: the needle at the end
         assert prompts[50][0] == round(len(prefix) + (last - len(prefix)) / 2)  # raw, not moved to a sentence end
     case = next(c for c in cases if c["id"] == "L600-D50")  # prompts: those of the last length, 600
-    assert case["prompt"] == paper_decode(tok, prompts[50][1])  # one decode of the whole id list
+    assert case["prompt"] == transformers4_decode(tok, prompts[50][1])  # one decode of the whole id list
     assert case["prompt"].startswith(preset.prefix) and case["prompt"].endswith(preset.question)
 
 
@@ -126,20 +126,6 @@ def test_paper_repeats_a_haystack_with_fewer_words_than_the_length(tiny_backend)
     assert ids == prefix + body[:position] + needle + body[position:] + question
     with pytest.raises(ValueError, match="no room"):
         paper_prompt_ids(tok, short, fixed, [0], preset)
-
-
-def test_paper_decode_cleans_up_spaces_as_transformers_4_did(tiny_backend, monkeypatch):
-    tok = tiny_backend.tokenizer
-    ids = tok.encode("It 's a test . Is it ? Yes , it is n't .", add_special_tokens=False)
-    raw = tok.decode(ids, clean_up_tokenization_spaces=False)
-    assert raw == "It 's a test . Is it ? Yes , it is n't ."
-    assert "clean_up_tokenization_spaces" not in tok.init_kwargs  # unsaid: transformers 4's default, True
-    assert paper_decode(tok, ids) == paper_decode(tok, ids, "yes") == "It's a test. Is it? Yes, it isn't."
-    assert paper_decode(tok, ids, "no") == raw
-    monkeypatch.setitem(tok.init_kwargs, "clean_up_tokenization_spaces", False)  # the config says no
-    assert paper_decode(tok, ids) == raw
-    with pytest.raises(ValueError, match="tokenizer, yes or no"):
-        paper_decode(tok, ids, "maybe")
 
 
 def test_paper_scores_the_prediction_as_its_batch_decode_gave_it(tiny_backend, tmp_path):
@@ -360,7 +346,7 @@ def test_paper_preset_builds_the_papers_prompts_token_for_token(run, tmp_path):
     for case, reference in zip(cases, fixture["cases"]):
         [(_, ids)] = paper_prompt_ids(tok, text, case["length"], [case["depth"]], preset)
         assert ids == reference["input_ids"], case["id"]
-        assert case["prompt"] == paper_decode(tok, reference["input_ids"])
+        assert case["prompt"] == transformers4_decode(tok, reference["input_ids"])
         cleaned += case["prompt"] != tok.decode(ids, clean_up_tokenization_spaces=False)
         # The model's input: the paper's llama-3 template has no BOS and leaves it to the tokenizer, which for
         # Llama-3 adds <|begin_of_text|>; tiny-llama's adds none, its chat template writes it (as Llama-3's does).

@@ -7,6 +7,7 @@ import pytest
 
 from tenfold.cli import main
 from tenfold.eval.needle import run_needle
+from tenfold.eval.runner import transformers4_clean_up, transformers4_decode
 from tenfold.generation import TransformersBackend, load_backend
 
 GRID = ["--lengths", "300", "--depths", "0,50,100", "--max-length", "1024"]
@@ -128,3 +129,21 @@ def test_cases_are_batched_by_their_length_in_tokens_not_in_characters(tiny_back
     batches = [[by_prompt[p] for p in call["prompts"]] for call in fake.calls]
     assert batches == [sorted(tokens, key=tokens.get)[:2], sorted(tokens, key=tokens.get)[2:]]
     assert prompt_tokens(FakeBackend(lambda _: ""), cases[0]) == chars["c0"]  # no tokenizer: characters
+
+
+def test_transformers4_decode_cleans_up_spaces_as_transformers_4_did(tiny_backend, monkeypatch):
+    tok = tiny_backend.tokenizer
+    ids = tok.encode("It 's a test . Is it ? Yes , it is n't .", add_special_tokens=False)
+    raw = tok.decode(ids, clean_up_tokenization_spaces=False)
+    assert raw == "It 's a test . Is it ? Yes , it is n't ."
+    assert "clean_up_tokenization_spaces" not in tok.init_kwargs  # unsaid: transformers 4's default, True
+    cleaned = "It's a test. Is it? Yes, it isn't."
+    assert transformers4_decode(tok, ids) == transformers4_decode(tok, ids, "yes") == cleaned
+    assert transformers4_clean_up(tok, raw) == cleaned and transformers4_decode(tok, ids, "no") == raw
+    with_eos = ids + [tok.eos_token_id]
+    assert transformers4_decode(tok, with_eos, skip_special_tokens=True) == cleaned
+    assert transformers4_decode(tok, with_eos) == cleaned + tok.eos_token
+    monkeypatch.setitem(tok.init_kwargs, "clean_up_tokenization_spaces", False)  # the config says no
+    assert transformers4_decode(tok, ids) == raw
+    with pytest.raises(ValueError, match="tokenizer, yes or no"):
+        transformers4_decode(tok, ids, "maybe")

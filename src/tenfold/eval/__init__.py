@@ -42,9 +42,10 @@ class EvalSettings:
     max_length: int | None = setting(None, "the longest input to allow (default: the model's config)")
     batch_size: int | None = setting(None, "prompts per generate call (transformers)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = setting(None, "weights' dtype (transformers)")
-    chat_template: Literal["tokenizer", "llama-3"] = setting(
-        "tokenizer", "the tokenizer's own chat template, or the paper code's Llama-3 template string (no trim of the "
-                     "message; transformers, vllm)")
+    chat_template: Literal["tokenizer", "llama-3", "none", "longbench-llama2"] = setting(
+        "tokenizer", "the tokenizer's own chat template; the paper code's Llama-3 template string (no trim of the "
+                     "message); none (the prompt as it is, as LongBench's pred.py for most models); "
+                     "longbench-llama2 (pred.py's [INST]prompt[/INST]) (transformers, vllm)")
     base_url: str | None = setting(None, "OpenAI-compatible endpoint (--backend openai); key from OPENAI_API_KEY")
     overwrite: bool = setting(False, "discard predictions in --output-dir made otherwise (default: refuse them)")
 

@@ -10,7 +10,15 @@ Two presets, each how its code generates and averages; the preset is part of the
 - "official": LongBench's pred.py and the leaderboard: generation stops at the end tokens, except samsum,
   which also stops at the "\\n" token and may not begin with it or an end token (pred.py's min_length);
   category = mean of its datasets, Avg = mean of the categories; prompts cut to 500 below the model's length
-  in thousands (pred.py's model2maxlen: 7,500 for an 8K model).
+  in thousands (pred.py's model2maxlen: 7,500 for an 8K model). For pred.py's prompts token for token,
+  evaluate with the template its build_chat gives the model: `--chat-template none` (the prompt as it is,
+  for a model it has no branch for) or `longbench-llama2` ([INST]prompt[/INST]); tests/eval/test_longbench.py
+  matches this preset with both token for token and prediction for prediction with pred.py's own get_pred
+  (scripts/longbench_official_parity_fixture.py). A difference no case there shows: pred.py stops at the
+  generation config's end ids, and on samsum (stops and min_length ban) at [the tokenizer's eos, "\\n"] only,
+  where tenfold takes every end token of the model (generation.stop_token_ids: the config's, the tokenizer's,
+  the template's end of turn); they part only where a model generates an end token the other list lacks
+  (Llama-3's <|end_of_text|> on samsum), never for the one-eos Llama-2 models pred.py was written for.
 - "paper": FlagEmbedding's eval_longbench.py at the paper's commit (Zhang et al., 2024): it appends the
   "\\n" token to the generation config's eos list in place, so every dataset stops at the first "\\n"
   token (a "\\n\\n" token does not stop it), and forbids those tokens as the first one on 2wikimqa, hotpotqa,
@@ -19,9 +27,14 @@ Two presets, each how its code generates and averages; the preset is part of the
   convention (7,500 for an 8K model, as the paper ran Llama-3-8B-Instruct at 8K). For the paper's
   prompts token for token, evaluate with `--chat-template llama-3` (the paper code's template string);
   tests/eval/test_longbench.py matches this preset token for token and prediction for prediction with the
-  paper's own process_longbench and generate kwargs (scripts/longbench_paper_parity_fixture.py), the one
-  difference being the paper's transformers 4.39.3, whose decode of the cut also cleaned up spaces (" ." -> ".")
-  where transformers 5 does not for a byte-level BPE tokenizer.
+  paper's own process_longbench and generate kwargs (scripts/longbench_paper_parity_fixture.py).
+
+Both reference codes ran transformers 4 (pred.py 4.31.0, the paper's code 4.39.3), whose decode of the cut and
+of the new ids cleaned up tokenization spaces (" ." -> ".", " 's" -> "'s") where the tokenizer's config asked
+for it or said nothing, byte-level BPE tokenizers such as Llama-3's included; transformers 5 skips that for
+them. So tenfold decodes the cut, and cleans the predictions it stores and scores, by that rule
+(runner.transformers4_clean_up; `clean_up_spaces`: "tokenizer" as the config says, "yes", "no"; part of the
+predictions' key).
 
 The prompt and length configs belong to LongBench: read from `config_dir`, else downloaded once from
 THUDM/LongBench on GitHub (pinned commit) into the cache. The data is read from `data_dir`
@@ -44,7 +57,16 @@ from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.eval.longbench_metrics import DATASET_METRIC
 from tenfold.eval.reference import paper_reported
-from tenfold.eval.runner import check_length, claim_predictions, describe, run_cases, write_outputs
+from tenfold.eval.runner import (
+    CLEAN_UP_SPACES,
+    check_length,
+    claim_predictions,
+    describe,
+    run_cases,
+    transformers4_clean_up,
+    transformers4_decode,
+    write_outputs,
+)
 from tenfold.generation import GenerationControls
 from tenfold.io import cache_dir, read_jsonl
 
@@ -213,20 +235,23 @@ def _hub_data_dir() -> Path:
 
 # ---------------------------------------------------------------- prediction (LongBench's pred.py)
 
-def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
-    """pred.py's cut: tokens with the BOS; if longer than max_length, the first and the last half."""
+def truncate_middle(tokenizer, prompt: str, max_length: int, clean_up_spaces: str = "tokenizer") -> str:
+    """pred.py's cut: tokens with the BOS; if longer than max_length, the first and the last half, each decoded
+    without special tokens as transformers 4 did (runner.transformers4_decode: pred.py ran 4.31.0, the
+    paper's code 4.39.3)."""
     ids = tokenizer(prompt, truncation=False)["input_ids"]
     if len(ids) <= max_length:
         return prompt
     half = int(max_length / 2)
-    return (tokenizer.decode(ids[:half], skip_special_tokens=True)
-            + tokenizer.decode(ids[-half:], skip_special_tokens=True))
+    return (transformers4_decode(tokenizer, ids[:half], clean_up_spaces, skip_special_tokens=True)
+            + transformers4_decode(tokenizer, ids[-half:], clean_up_spaces, skip_special_tokens=True))
 
 
-def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str, max_length: int) -> list[dict]:
+def build_cases(tokenizer, dataset: str, records: list[dict], prompt_format: str, max_length: int,
+                clean_up_spaces: str = "tokenizer") -> list[dict]:
     cases = []
     for record in records:
-        prompt = truncate_middle(tokenizer, prompt_format.format(**record), max_length)
+        prompt = truncate_middle(tokenizer, prompt_format.format(**record), max_length, clean_up_spaces)
         cases.append({"id": f"{dataset}/{record['_id']}", "dataset": dataset, "answers": record["answers"],
                       "all_classes": record["all_classes"], "length": record["length"], "prompt": prompt})
     return cases
@@ -246,26 +271,37 @@ class Options:
     config_dir: str | None = setting(None, "LongBench/config with dataset2prompt.json, dataset2maxlen.json "
                                            "(default: download)")
     limit: int | None = setting(None, "only the first N records of each dataset")
+    clean_up_spaces: Literal["tokenizer", "yes", "no"] = setting(
+        "tokenizer", "the space clean-up (\" .\" -> \".\") transformers 4 applied to the decoded cut and predictions "
+                     "(pred.py's 4.31.0, the paper's 4.39.3): as the tokenizer's config says (default), always, never")
 
 
-def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = None, preset: str = "official",
-                  truncate_length: int | None = None, longbench_e: bool = False, data_dir: str | Path | None = None,
-                  config_dir: str | Path | None = None, limit: int | None = None,
-                  overwrite: bool = False) -> dict:
-    """Generate, score and average into output_dir (longbench.json, .summary.json, .predictions.jsonl).
-
-    truncate_length: prompt tokens after the middle cut, BOS included (pred.py's max_length: 3500 for 4K
-    models, 7500 for 8K, 31500 for 32K and in the paper); default: default_truncate_length.
-    limit: the first N records of each dataset.
-    """
-    if preset not in PRESETS:
-        raise RecipeError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+def check_datasets(datasets: list[str] | None, longbench_e: bool) -> list[str]:
+    """The datasets to run (default: the 16 English, or LongBench-E's 13); an unknown one is refused."""
     datasets = list(datasets or (LONGBENCH_E if longbench_e else ENGLISH))
     allowed = LONGBENCH_E if longbench_e else list(DATASET_METRIC)
     unknown = [d for d in datasets if d not in allowed]
     if unknown:
         raise RecipeError(f"unknown LongBench{'-E' if longbench_e else ''} dataset(s) {', '.join(unknown)}; "
                           f"use some of {', '.join(allowed)}")
+    return datasets
+
+
+def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = None, preset: str = "official",
+                  truncate_length: int | None = None, longbench_e: bool = False, data_dir: str | Path | None = None,
+                  config_dir: str | Path | None = None, limit: int | None = None,
+                  clean_up_spaces: str = "tokenizer", overwrite: bool = False) -> dict:
+    """Generate, score and average into output_dir (longbench.json, .summary.json, .predictions.jsonl).
+
+    truncate_length: prompt tokens after the middle cut, BOS included (pred.py's max_length: 3500 for 4K
+    models, 7500 for 8K, 31500 for 32K and in the paper); default: default_truncate_length.
+    limit: the first N records of each dataset. clean_up_spaces: see runner.transformers4_clean_up.
+    """
+    if preset not in PRESETS:
+        raise RecipeError(f"unknown LongBench preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if clean_up_spaces not in CLEAN_UP_SPACES:
+        raise RecipeError(f"longbench: clean_up_spaces {clean_up_spaces!r}; use one of {', '.join(CLEAN_UP_SPACES)}")
+    datasets = check_datasets(datasets, longbench_e)
     if backend.tokenizer is None:
         raise UserError(f"longbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
     if truncate_length is None:
@@ -278,26 +314,38 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
     controls = {dataset: generation_controls(preset, dataset) for dataset in datasets}
     claim_predictions(backend, out / f"{name}.predictions.jsonl", overwrite=overwrite, settings={
         "preset": preset, "truncate_length": truncate_length, "data_dir": data_dir, "config_dir": config_dir,
-        "controls": controls})
+        "controls": controls, "clean_up_spaces": clean_up_spaces})
+
+    def clean_up(prediction: str) -> str:  # as pred.py's (and the paper's) decode of the new ids gave it
+        return transformers4_clean_up(backend.tokenizer, prediction, clean_up_spaces)
+
     records, scores = [], {}
     for dataset in datasets:
         data = load_data(dataset, data_dir, longbench_e)[:limit]
-        cases = build_cases(backend.tokenizer, dataset, data, prompts[dataset], truncate_length)
+        cases = build_cases(backend.tokenizer, dataset, data, prompts[dataset], truncate_length, clean_up_spaces)
 
         def score_case(case: dict, prediction: str, dataset=dataset) -> dict:
             return {"score": _sample_score(dataset, prediction, case["answers"], case["all_classes"])}
 
         done = run_cases(backend, cases, out / f"{name}.predictions.jsonl", max_new_tokens[dataset], score_case,
                          chat=dataset not in NO_CHAT_TEMPLATE, desc=f"longbench {dataset}",
-                         controls=controls[dataset])
-        predictions, answers = [r["prediction"] for r in done], [r["answers"] for r in done]
-        all_classes = done[-1]["all_classes"] if done else None  # eval.py keeps the last record's
-        if longbench_e:
-            scores[dataset] = score_e(dataset, predictions, answers, [r["length"] for r in done], all_classes)
-        else:
-            scores[dataset] = score(dataset, predictions, answers, all_classes)
+                         controls=controls[dataset], post_process=clean_up)
+        scores[dataset] = dataset_score(dataset, done, longbench_e)
         records += done
+    summary = longbench_summary(backend, name, preset, truncate_length, scores, longbench_e)
+    return write_outputs(out, name, records, summary)
 
+
+def dataset_score(dataset: str, done: list[dict], longbench_e: bool):
+    """eval.py's score of one dataset's records (per length bucket for LongBench-E)."""
+    predictions, answers = [r["prediction"] for r in done], [r["answers"] for r in done]
+    all_classes = done[-1]["all_classes"] if done else None  # eval.py keeps the last record's
+    if longbench_e:
+        return score_e(dataset, predictions, answers, [r["length"] for r in done], all_classes)
+    return score(dataset, predictions, answers, all_classes)
+
+
+def longbench_summary(backend, name: str, preset: str, truncate_length: int, scores: dict, longbench_e: bool) -> dict:
     summary = {"benchmark": name, "model": describe(backend), "preset": preset, "truncate_length": truncate_length,
                "scores": scores}
     if longbench_e:  # the table per length bucket; "score": the mean of the bucket averages
@@ -309,4 +357,4 @@ def run_longbench(backend, output_dir: str | Path, datasets: list[str] | None = 
         summary.update(summarize(scores, preset))
         summary["score"] = summary["avg"]
         summary["paper_reported"] = paper_reported(backend.name, "longbench")
-    return write_outputs(out, name, records, summary)
+    return summary

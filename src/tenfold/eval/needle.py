@@ -8,9 +8,9 @@ For every (length, depth) cell: hide the needle in `length` tokens (the model's 
   budget; the haystack cut at the head to `length - prefix - needle - question` tokens and the needle put at
   the raw token position prefix + round((length - question - needle - 1 - prefix) * depth / 100) of it (no
   sentence snapping; the offset counts the prefix, so depth 0 is a few tokens in and depth 100 the end);
-  one decode of the whole id list, with the space clean-up transformers 4.35.1 applied (paper_clean_up,
-  also applied to the predictions before scoring); the haystack text repeated when it has fewer words than
-  `length`.
+  one decode of the whole id list, with the space clean-up transformers 4.35.1 applied
+  (runner.transformers4_clean_up, also applied to the predictions before scoring); the haystack text
+  repeated when it has fewer words than `length`.
   Grid: the published figure's 20 lengths, numpy.linspace(8000, 128000, 20) truncated to integers, and
   depths 0, 11, ..., 100; 50 new tokens. Scorer "paper-rouge" (the code's default): ROUGE-L F1 of the
   `rouge` package against the whole needle string; "judge": the LangChain labeled_score_string judge the
@@ -48,7 +48,16 @@ from tenfold.errors import RecipeError, UserError
 from tenfold.eval.haystack import fill, haystack_files, haystack_path, insertion_point, read_haystack
 from tenfold.eval.metrics import JUDGE_CRITERIA, Judge, labeled_score_string, rouge_l_f1, rouge_l_recall
 from tenfold.eval.plots import heatmap
-from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
+from tenfold.eval.runner import (
+    check_length,
+    claim_predictions,
+    describe,
+    mean,
+    run_cases,
+    transformers4_clean_up,
+    transformers4_decode,
+    write_outputs,
+)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class NeedlePreset:
     judge_question: str  # what the judge is told was asked, and its reference
     judge_reference: str
     buffer: int = 0  # "original": tokens kept free within each length (room for the question and answer)
-    clean_up_spaces: str = "tokenizer"  # "paper": the decode's space clean-up: "tokenizer" (see paper_decode), yes, no
+    clean_up_spaces: str = "tokenizer"  # "paper": the decode's space clean-up (transformers4_clean_up)
     training_length: int | None = None  # marked on the heatmap; by default the model's own (see model_lengths)
 
 
@@ -145,23 +154,6 @@ def paper_prompt_ids(tokenizer, haystack_text: str, length: int, depths: list[fl
     return prompts
 
 
-def paper_clean_up(tokenizer, text: str, clean_up_spaces: str = "tokenizer") -> str:
-    """Decoded text as the paper's code got it, under transformers 4.35.1: its decode cleaned up tokenization
-    spaces (" ." -> ".", " 's" -> "'s", ...) whenever the tokenizer's config said so or said nothing (the
-    default was True), BPE tokenizers included; transformers 5 skips that for BPE tokenizers, so tenfold does
-    it here, for the prompts and for the predictions it scores. Llama-3's config says true (the paper's
-    runs); "yes" or "no" overrides the config (a newer copy of a model's config may say otherwise)."""
-    if clean_up_spaces not in ("tokenizer", "yes", "no"):
-        raise UserError(f"needle: clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
-    clean = clean_up_spaces == "yes" or (
-        clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
-    return tokenizer.clean_up_tokenization(text) if clean else text
-
-
-def paper_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer") -> str:
-    return paper_clean_up(tokenizer, tokenizer.decode(ids, clean_up_tokenization_spaces=False), clean_up_spaces)
-
-
 def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dict]:
     """One prompt per (length, depth) cell, by the preset's construction."""
     if preset.construction == "paper":
@@ -171,7 +163,7 @@ def build_cases(tokenizer, haystack_text: str, preset: NeedlePreset) -> list[dic
                                                                              preset.depths, preset, encoded)):
                 cases.append({"id": f"L{length}-D{depth:g}", "length": length, "depth": depth,
                               "needle_position": position,
-                              "prompt": paper_decode(tokenizer, ids, preset.clean_up_spaces)})
+                              "prompt": transformers4_decode(tokenizer, ids, preset.clean_up_spaces)})
         return cases
     return original_cases(tokenizer, haystack_text, preset)
 
@@ -281,8 +273,8 @@ def run_needle(backend, output_dir: str | Path, preset: str = "paper", lengths: 
     cases = build_cases(backend.tokenizer, haystack_text, settings)
 
     def score(_case: dict, prediction: str) -> dict:
-        if settings.construction == "paper":  # as the paper's batch_decode gave it (see paper_clean_up)
-            prediction = paper_clean_up(backend.tokenizer, prediction, settings.clean_up_spaces)
+        if settings.construction == "paper":  # as the paper's batch_decode gave it (transformers 4)
+            prediction = transformers4_clean_up(backend.tokenizer, prediction, settings.clean_up_spaces)
         if settings.scorer == "judge":
             value = judge(settings.judge_question, settings.judge_reference, prediction)
         elif settings.scorer == "paper-rouge":

@@ -149,18 +149,23 @@ def prompt_tokens(backend, case: dict, chat: bool = True) -> int:
 
 def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_tokens: int,
               score: Callable[[dict, str], dict], chat: bool = True, desc: str = "eval",
-              controls: GenerationControls | None = None) -> list[dict]:
+              controls: GenerationControls | None = None,
+              post_process: Callable[[str], str] | None = None) -> list[dict]:
     """Generate and score every case not yet in predictions_path; returns all records in case order.
 
     A case may carry an "answer_prefix": text placed after the chat template, starting the answer.
     `controls` (stop strings, first-token bans) hold for every case of this call: a benchmark with rules per
     dataset calls once per dataset, and keys its predictions on them (claim_predictions' settings).
+    `post_process` rewrites each generated text before it is stored and scored (LongBench: the space clean-up
+    of transformers 4).
     A record is the case without its prompt, plus "prediction" and what `score` returns.
     """
     def predict(batch: list[dict]) -> list[dict]:
         prompts = [case["prompt"] for case in batch]
         prefixes = [case.get("answer_prefix", "") for case in batch]  # text that starts the answer (RULER)
         predictions = backend.generate(prompts, max_new_tokens, chat=chat, answer_prefix=prefixes, controls=controls)
+        if post_process is not None:
+            predictions = [post_process(prediction) for prediction in predictions]
         return [{**{k: v for k, v in case.items() if k != "prompt"}, "prediction": prediction,
                  **score(case, prediction)} for case, prediction in zip(batch, predictions)]
 
@@ -176,6 +181,29 @@ def write_outputs(output_dir: str | Path, name: str, records: list[dict], summar
     write_atomic(output_dir / f"{name}.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     write_atomic(output_dir / f"{name}.summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
+
+
+CLEAN_UP_SPACES = ("tokenizer", "yes", "no")
+
+
+def transformers4_clean_up(tokenizer, text: str, clean_up_spaces: str = "tokenizer") -> str:
+    """Decoded text as transformers 4.x gave it, which the reference codes ran (the paper's 4.35.1 and 4.39.3,
+    LongBench's 4.31.0): their decode cleaned up tokenization spaces (" ." -> ".", " 's" -> "'s", ...) whenever
+    the tokenizer's config said so or said nothing (the default was True), BPE tokenizers included;
+    transformers 5 skips that for BPE tokenizers. Llama-3's config says true (the paper's runs); "yes" or
+    "no" overrides the config (a newer copy of a model's config may say otherwise)."""
+    if clean_up_spaces not in CLEAN_UP_SPACES:
+        raise UserError(f"clean_up_spaces {clean_up_spaces!r}; use tokenizer, yes or no")
+    clean = clean_up_spaces == "yes" or (
+        clean_up_spaces == "tokenizer" and tokenizer.init_kwargs.get("clean_up_tokenization_spaces", True))
+    return tokenizer.clean_up_tokenization(text) if clean else text
+
+
+def transformers4_decode(tokenizer, ids: list[int], clean_up_spaces: str = "tokenizer",
+                         skip_special_tokens: bool = False) -> str:
+    """tokenizer.decode(ids) as transformers 4.x decoded (see transformers4_clean_up)."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    return transformers4_clean_up(tokenizer, text, clean_up_spaces)
 
 
 def mean(values) -> float:
