@@ -122,26 +122,28 @@ def test_held_out_passes_leave_the_training_unchanged(tracked_run, tiny_recipe, 
 
 def test_a_killed_run_keeps_its_evaluations_and_the_resumed_run_adds_the_rest(tracked_run, tracked_recipe, tmp_path,
                                                                               monkeypatch):
+    """Killed after the last step, with the adapter written but not the run's summary: summary.json holds every
+    evaluation so far, and is no finished run's, so the same command resumes from the step-3 checkpoint."""
     _, whole, _ = tracked_run
     recipe = tracked_recipe(**{"train.output_dir": str(tmp_path / "killed"), "train.eval_every": 1,
                                "train.save_every": 3})
-    real_save = loop.save_checkpoint
+    real_save = loop.save_adapter
 
     def save_then_die(*args):
         real_save(*args)
-        raise KeyboardInterrupt  # killed right after step 3's checkpoint
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_adapter", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         loop.train(recipe)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_adapter", real_save)
     kept = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert kept["in_progress"] and [e["step"] for e in kept["held_out"]["evaluations"]] == [0, 1, 2, 3]
-    assert (tmp_path / "killed" / "held_out_loss.png").is_file()
+    assert kept["in_progress"] and [e["step"] for e in kept["held_out"]["evaluations"]] == [0, 1, 2, 3, 4]
+    assert (tmp_path / "killed" / "held_out_loss.png").is_file() and (tmp_path / "killed" / "adapter").is_dir()
 
-    resumed = loop.train(recipe)  # the in-progress summary.json is no finished run
-    assert resumed["resumed_from_step"] == 3
+    resumed = loop.train(recipe)
+    assert resumed["resumed_from_step"] == 3 and "already_finished" not in resumed
     evaluations = {e["step"]: e for e in resumed["held_out"]["evaluations"]}
-    assert list(evaluations) == [0, 1, 2, 3, 4]
+    assert list(evaluations) == [0, 1, 2, 3, 4]  # the checkpoint's 0-3, then step 4 again
     for e in whole["held_out"]["evaluations"]:  # the uninterrupted run's, every 2 steps
         assert_same_evaluation(evaluations[e["step"]], e, rel=1e-9)
 
