@@ -35,8 +35,8 @@ def tracker_names(report_to: list[str]) -> list[str]:
     available = {str(t.value) for t in get_available_trackers()}
     missing = [name for name in report_to if name != "all" and name not in available]
     if missing:
-        raise UserError(f"train.report_to: {', '.join(missing)} is not installed; pip install {' '.join(missing)} "
-                        f"(or leave it out of train.report_to)")
+        raise UserError(f"train.report_to: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                        f"installed; pip install {' '.join(missing)} (or leave it out of train.report_to)")
     return report_to
 
 
