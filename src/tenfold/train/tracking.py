@@ -64,7 +64,8 @@ def bucket_labels(max_length: int) -> list[str]:
 
 
 def held_out_loss(loss_model, accelerator, rows, pad_token_id: int, recipe: Recipe) -> dict:
-    """The held-out rows' loss overall and by position bucket, in eval mode without gradients (train mode after).
+    """The held-out rows' loss overall and by position bucket, in eval mode without gradients (every module's
+    mode as it was after).
 
     Each data-parallel group of processes takes every groups-th micro-batch. Every process runs the same number
     of forwards (FSDP and DeepSpeed gather parameters together): one with no batch left repeats the first and
@@ -72,11 +73,11 @@ def held_out_loss(loss_model, accelerator, rows, pad_token_id: int, recipe: Reci
     t, device = recipe.train, accelerator.device
     groups, group = accelerator.num_processes // t.sequence_parallel, accelerator.process_index // t.sequence_parallel
     batches = [list(range(i, min(i + t.micro_batch_size, len(rows)))) for i in range(0, len(rows), t.micro_batch_size)]
-    width = position_buckets(recipe.data.max_length)[0][1]
-    n_buckets = len(position_buckets(recipe.data.max_length))
+    buckets = position_buckets(recipe.data.max_length)
+    width, n_buckets = buckets[0][1], len(buckets)
     losses = torch.zeros(n_buckets, dtype=torch.float64, device=device)
     weights = torch.zeros_like(losses)
-    was_training = loss_model.training
+    modes = [(module, module.training) for module in loss_model.modules()]
     loss_model.eval()
     # bitsandbytes repacks a 4-bit layer's weights in place for CPU inference the first time it runs in eval
     # mode (the steps after would train on the repacked weights; it fails on widths under its block): its
@@ -102,7 +103,8 @@ def held_out_loss(loss_model, accelerator, rows, pad_token_id: int, recipe: Reci
                 losses += sums.double() * counted
                 weights += (masks * batch["token_weights"]).sum(dim=(1, 2)).double() * counted
     finally:
-        loss_model.train(was_training)
+        for module, training in modes:
+            module.training = training
     losses, weights = (accelerator.reduce(x, reduction="sum").tolist() for x in (losses, weights))
     return {"loss": sum(losses) / sum(weights),
             "loss_by_position": [loss / w if w > 0 else None for loss, w in zip(losses, weights)]}
