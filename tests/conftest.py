@@ -36,19 +36,26 @@ def toy_data(tmp_path_factory):
     return write_jsonl(records, tmp_path_factory.mktemp("data") / "toy.jsonl")
 
 
-@pytest.fixture
-def tiny_recipe(tiny_model_dir, toy_data, tmp_path):
-    """The tiny CPU recipe pointed at the test's own model and data: 4 steps of 4 sequences."""
-    def make(**overrides):
+@pytest.fixture(scope="session")
+def tiny_recipe_in(tiny_model_dir, toy_data):
+    """The tiny CPU recipe pointed at the session's model and data, with its run in OUT/run: 4 steps of 4
+    sequences. Called as tiny_recipe_in(OUT, **overrides)."""
+    def make(out, **overrides):
         keys = {
             "model.name": str(tiny_model_dir), "model.quantization": "nf4", "model.dtype": "float32",
             "rope.theta": 200000.0, "data.train_files": [str(toy_data)], "data.max_length": 512,
-            "train.output_dir": str(tmp_path / "run"), "train.learning_rate": 2e-3, "train.batch_size": 4,
+            "train.output_dir": str(out / "run"), "train.learning_rate": 2e-3, "train.batch_size": 4,
             "train.micro_batch_size": 2, "train.max_steps": 4, "train.seed": 7,
         }
         keys.update(overrides)
         return load_recipe("recipes/tiny-cpu.yaml", keys)
     return make
+
+
+@pytest.fixture
+def tiny_recipe(tiny_recipe_in, tmp_path):
+    """tiny_recipe_in with the run in the test's own tmp_path."""
+    return lambda **overrides: tiny_recipe_in(tmp_path, **overrides)
 
 
 @pytest.fixture(scope="session")

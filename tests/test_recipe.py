@@ -71,3 +71,26 @@ def test_a_recipe_may_carry_other_verbs_sections(tmp_path):
     path.write_text("lora:\n  rank: 8\nsynthh:\n  tasks: [single_detail]\n")
     with pytest.raises(RecipeError, match="synthh"):
         load_recipe(path)
+
+
+def test_report_to_takes_accelerates_tracker_names_from_yaml_or_the_command_line(tmp_path):
+    from accelerate.utils import LoggerType
+
+    from tenfold.recipe import TRACKERS
+
+    assert set(TRACKERS) == {t.value for t in LoggerType}
+    path = tmp_path / "tracked.yaml"
+    path.write_text("train:\n  report_to: [tensorboard, wandb]\n")
+    assert load_recipe(path).train.report_to == ["tensorboard", "wandb"]
+    args = build_parser().parse_args(["train", "--recipe", str(path), "--train.report_to", "TensorBoard, all"])
+    assert recipe_from_args(args).train.report_to == ["tensorboard", "all"]
+    assert load_recipe(None).train.report_to == [] == load_recipe(None, {"train.report_to": "none"}).train.report_to
+    with pytest.raises(RecipeError, match="'tensorbord' is not a tracker; use none or all, tensorboard, wandb"):
+        load_recipe(None, {"train.report_to": "tensorbord"})
+
+
+def test_eval_every_needs_held_out_files():
+    with pytest.raises(RecipeError, match="train.eval_every needs held-out data: set data.eval_files"):
+        load_recipe(None, {"train.eval_every": 10})
+    recipe = load_recipe(None, {"train.eval_every": 10, "data.eval_files": "a.jsonl,b.jsonl"})
+    assert recipe.data.eval_files == ["a.jsonl", "b.jsonl"]

@@ -74,6 +74,10 @@ def cmd_train(recipe: Recipe, overwrite: bool = False) -> None:
     out = recipe.train.output_dir
     print(f"trained {summary['steps']} steps, {summary['tokens_seen']} tokens, final loss "
           f"{summary['final_loss']:.4f}; adapter in {out}/adapter, summary in {out}/summary.json")
+    if summary.get("held_out"):
+        first, last = summary["held_out"]["evaluations"][0], summary["held_out"]["evaluations"][-1]
+        print(f"held-out loss {last['loss']:.4f} at step {last['step']} ({first['loss']:.4f} at step "
+              f"{first['step']}); by position in {out}/held_out_loss.png")
 
 
 def cmd_merge(settings) -> None:

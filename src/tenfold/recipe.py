@@ -19,6 +19,23 @@ from tenfold.errors import RecipeError
 __all__ = ["RecipeError", "coerce", "read_recipe_file"]  # for the callers that import them from here
 
 
+# accelerate's tracker names (accelerate.utils.LoggerType; a test keeps them equal), here so that reading a recipe
+# does not import accelerate.
+TRACKERS = ("all", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab")
+
+
+def parse_trackers(value) -> list[str]:
+    """train.report_to: a list or comma-separated text of tracker names; none (or nothing) is no tracker."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise RecipeError(f"train.report_to: expected tracker names, got {value!r}")
+    names = [n.lower() for n in names if n.strip() and n.lower() != "none"]
+    if unknown := [n for n in names if n not in TRACKERS]:
+        raise RecipeError(f"train.report_to: {', '.join(map(repr, unknown))} is not a tracker; use none or "
+                          f"{', '.join(TRACKERS)}")
+    return list(dict.fromkeys(names))
+
+
 @dataclass
 class ModelSettings:
     name: str = setting("tenfold/tiny-llama", "hub id, local path, .gguf file, or tenfold/<name> for a model "
@@ -66,6 +83,8 @@ class DataSettings:
     train_files: list[str] = setting([], "JSONL files of conversation and plain-text records")
     max_length: int = setting(81920, "tokens per training sequence")
     context_weight: float = setting(0.0, "loss weight on the text of a conversation's user turns (paper: 0)")
+    eval_files: list[str] = setting([], "held-out JSONL files (the training records' format): their loss by "
+                                        "position at the end, and every train.eval_every steps")
 
 
 @dataclass
@@ -90,6 +109,11 @@ class TrainSettings:
     sequence_parallel: int = setting(1, "split each sequence over this many processes (Ulysses all-to-all around "
                                         "attention); must divide the process count and the attention heads")
     log_every: int = setting(1, "log every N optimizer steps")
+    report_to: list[str] = setting([], "experiment trackers (accelerate's) that get each step's loss, lr, tokens/s "
+                                       "and peak memory: comma-separated " + ", ".join(TRACKERS[1:]) + ", or all "
+                                       "(every one installed); default none", parse=parse_trackers)
+    eval_every: int = setting(0, "the held-out loss (data.eval_files) every N optimizer steps and at step 0 "
+                                 "(0: at the end only)")
 
 
 @dataclass
@@ -169,6 +193,10 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("model.mlp_tile_tokens must be 0 (untiled) or a number of positions")
     if recipe.lora.rank < 1:
         raise RecipeError("lora.rank must be at least 1")
+    if t.eval_every < 0:
+        raise RecipeError("train.eval_every must be 0 (held-out loss at the end only) or a number of steps")
+    if t.eval_every and not recipe.data.eval_files:
+        raise RecipeError("train.eval_every needs held-out data: set data.eval_files")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

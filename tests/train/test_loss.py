@@ -80,3 +80,18 @@ def test_under_bf16_autocast_the_head_runs_in_bf16_and_matches_autocast_referenc
     torch.testing.assert_close(g, ref_g, rtol=2e-2, atol=2e-3)
     fp32 = causal_lm_loss(hidden, weight, input_ids, token_weights, chunk_size=8)
     assert fp32.item() != loss.item()  # the bf16 path really ran in bf16
+
+
+def test_without_grad_mode_no_gradient_is_computed_even_for_a_trained_head():
+    """A custom autograd Function is told its inputs need gradients under no_grad too: a held-out pass with a
+    trained head (tied to the trained embedding) must not build the head's [vocab, width] fp32 gradient."""
+    torch.manual_seed(4)
+    V, d = 20_000, 256
+    hidden = torch.randn(1, 16, d)
+    weight = torch.randn(V, d, requires_grad=True)
+    input_ids = torch.randint(0, V, (1, 16))
+    with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
+        loss = causal_lm_loss(hidden, weight, input_ids, torch.ones(1, 16), chunk_size=4)
+    largest_allocation = max(e.cpu_memory_usage for e in prof.events())
+    assert largest_allocation < V * d * 4 / 4, largest_allocation  # the gradient would be V * d * 4 bytes
+    torch.testing.assert_close(loss, full_logits_loss(hidden, weight.detach(), input_ids, torch.ones(1, 16)))

@@ -41,11 +41,13 @@ def test_two_processes_split_one_sequence_to_the_same_loss_and_gradients_at_most
     assert memory["sp_growth"] <= 0.6 * memory["whole_growth"], memory
 
 
-def test_tenfold_train_with_sequence_parallel_2_reaches_the_one_process_adapter(tiny_recipe, tmp_path):
-    """`train.sequence_parallel: 2` on 2 processes: both hold slices of every sequence; same adapter as 1."""
-    loop.train(tiny_recipe(**{"train.output_dir": str(tmp_path / "one"), "train.max_steps": 2}))
+def test_tenfold_train_with_sequence_parallel_2_reaches_the_one_process_adapter(tiny_recipe, toy_data, tmp_path):
+    """`train.sequence_parallel: 2` on 2 processes: both hold slices of every sequence; same adapter as 1, and
+    the same held-out loss by position (each slice's positions in their own buckets)."""
+    held_out = {"data.eval_files": [str(toy_data)], "train.max_steps": 2}  # any records do
+    loop.train(tiny_recipe(**{"train.output_dir": str(tmp_path / "one"), **held_out}))
     path = tmp_path / "sp.yaml"
-    loop.dump_recipe(tiny_recipe(**{"train.output_dir": str(tmp_path / "sp"), "train.max_steps": 2,
+    loop.dump_recipe(tiny_recipe(**{"train.output_dir": str(tmp_path / "sp"), **held_out,
                                     "train.sequence_parallel": 2}), path)
     launch([TRAIN_WORKER, str(path), str(tmp_path / "summary-rank")], 2, tmp_path / "train.log")
     summaries = [json.loads((tmp_path / f"summary-rank{r}").read_text()) for r in range(2)]
@@ -56,3 +58,7 @@ def test_tenfold_train_with_sequence_parallel_2_reaches_the_one_process_adapter(
     one, sp = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "sp"))
     for name in one:
         torch.testing.assert_close(sp[name], one[name], rtol=1e-5, atol=1e-6)
+    (sp_loss,), (one_loss,) = (s["held_out"]["evaluations"] for s in (summaries[0], one_summary))
+    assert sp_loss["step"] == one_loss["step"] == 2 and None not in one_loss["loss_by_position"][:4]
+    torch.testing.assert_close([sp_loss["loss"], *sp_loss["loss_by_position"]],
+                               [one_loss["loss"], *one_loss["loss_by_position"]], rtol=1e-5, atol=0)

@@ -67,19 +67,22 @@ def resolve_data_file(name: str, out: Path) -> Path:
     return Path(name)
 
 
-def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset, dict]:
-    """Encode every training file once into a memory-mapped Arrow cache; returns (usable rows, counts).
+def encode_files(recipe: Recipe, tokenizer, out: Path, held_out: bool = False) -> tuple[datasets.Dataset, dict]:
+    """Encode every training file (held_out: every data.eval_files file) once into a memory-mapped Arrow cache;
+    returns (usable rows, counts).
 
     Arrow (via `datasets`) rather than Python lists: 20K records of up to 80K tokens would cost
     gigabytes per process, and every process of a multi-GPU run shares the one mapped file.
     """
-    files = [str(resolve_data_file(f, out).resolve()) for f in recipe.data.train_files]
+    what = "held-out" if held_out else "training"
+    files = [str((Path(f) if held_out else resolve_data_file(f, out)).resolve())
+             for f in (recipe.data.eval_files if held_out else recipe.data.train_files)]
     if not files:
         raise UserError("no training data: set data.train_files in the recipe or pass --data FILE")
     digests = {}
     for f in files:
         if not Path(f).is_file():
-            raise UserError(f"training data file {f} not found")
+            raise UserError(f"{what} data file {f} not found")
         data = Path(f).read_bytes()
         check_jsonl_bytes(f, data)  # empty, binary, not UTF-8: named here, before datasets' own messages
         digests[f] = hashlib.sha256(data).hexdigest()
@@ -101,7 +104,7 @@ def encode_files(recipe: Recipe, tokenizer, out: Path) -> tuple[datasets.Dataset
     counts = Counter(rows["status"])
     usable = rows.filter(lambda status: not status.startswith("skipped"), input_columns="status")
     if len(usable) == 0:
-        raise UserError(f"no usable training records in {files}: {dict(counts)}")
+        raise UserError(f"no usable {what} records in {files}: {dict(counts)}")
     return usable.with_format("torch"), {
         "records": len(rows), "used": len(usable), "truncated": counts.get("truncated", 0),
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped")},

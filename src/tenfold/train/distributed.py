@@ -29,8 +29,10 @@ GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """accelerate's Accelerator for this process, from its launch config (`accelerate launch --config_file`).
+def make_accelerator(mixed_precision: str, log_with: list[str] | None = None,
+                     project_dir: str | None = None) -> Accelerator:
+    """accelerate's Accelerator for this process, from its launch config (`accelerate launch --config_file`),
+    with the experiment trackers `log_with` (tensorboard's and aim's files in project_dir).
 
     accelerate turns FSDP on only for GPU-like devices and leaves a CPU run at plain DDP even when its config
     asks for FSDP; torch's fully_shard itself runs on CPU processes with gloo. So on the CPU the config's own
@@ -39,7 +41,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     """
     # DeepSpeed runs on the CPU through its own CPU accelerator (gloo), which accelerate reaches only with cpu=False.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not (torch.cuda.is_available() or deepspeed))
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not (torch.cuda.is_available() or deepspeed),
+                              log_with=log_with or None, project_dir=project_dir)
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch set

@@ -1,10 +1,10 @@
 """`tenfold train`: QLoRA context extension; `train()` reads top to bottom as a torchtune recipe does.
 
-setup (data, model with the new RoPE base, optimizer) -> train_steps (explicit loss step in
-forward_backward, gradient accumulation, checkpoints) -> cleanup (adapter + summary). An explicit loop rather than the
-transformers Trainer: the loss needs the decoder's hidden states, not logits; a NaN must name the
-batch's records; and a resumed run must follow the exact batch plan to reach the same weights.
-accelerate supplies the processes (DDP, FSDP, DeepSpeed by its config) and autocast.
+setup (data, model with the new RoPE base, optimizer, trackers) -> train_steps (explicit loss step in
+forward_backward, gradient accumulation, checkpoints, held-out loss) -> cleanup (adapter + summary). An explicit
+loop rather than the transformers Trainer: the loss needs the decoder's hidden states, not logits; a NaN must name
+the batch's records; and a resumed run must follow the exact batch plan to reach the same weights.
+accelerate supplies the processes (DDP, FSDP, DeepSpeed by its config), autocast and the experiment trackers.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tenfold.errors import RecipeError, UserError
-from tenfold.io import write_error
+from tenfold.io import write_atomic, write_error
 from tenfold.models import load_tokenizer
 from tenfold.recipe import Recipe, dump_recipe, recipe_to_dict
-from tenfold.train import sequence_parallel
+from tenfold.train import sequence_parallel, tracking
 from tenfold.train.batches import batch_plan, collate, encode_files
 from tenfold.train.distributed import (
     full_optimizer_state,
@@ -101,7 +101,8 @@ class Run:
     rope: dict
     data_counts: dict
     start_step: int
-    totals: dict  # tokens_seen, loss_tokens, losses: carried in checkpoints
+    totals: dict  # tokens_seen, loss_tokens, losses, held_out (the evaluations so far): carried in checkpoints
+    held_out: tuple | None = None  # data.eval_files encoded: (rows, counts)
 
 
 def train(recipe: Recipe, overwrite: bool = False) -> dict:
@@ -110,11 +111,12 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
     A run already finished there with the same recipe is returned as it is; overwrite=True trains from step 0.
     """
     reset_accelerator_state()  # a second train() in this process may want another precision
-    accelerator = make_accelerator(mixed_precision(recipe))
+    out = Path(recipe.train.output_dir)
+    accelerator = make_accelerator(mixed_precision(recipe), tracking.tracker_names(recipe.train.report_to),
+                                   str(out / "tracking"))
     if accelerator.distributed_type == DistributedType.DEEPSPEED and recipe.train.save_every:
         raise RecipeError("train.save_every: tenfold writes no checkpoints under DeepSpeed (its engine holds the "
                           "optimizer state); set train.save_every 0, or use FSDP2 (recipes/accelerate/fsdp2.yaml)")
-    out = Path(recipe.train.output_dir)
     if overwrite:
         if accelerator.is_main_process:
             clear_run(out)
@@ -136,6 +138,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     with accelerator.main_process_first():
         rows, data_counts = encode_files(recipe, tokenizer, out)
+        held_out = encode_files(recipe, tokenizer, out, held_out=True) if recipe.data.eval_files else None
     lengths = rows.with_format(None)["length"]
     # Sequence parallel: groups of train.sequence_parallel processes share each micro-batch, a slice each.
     sp = t.sequence_parallel
@@ -161,9 +164,10 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
     if sharded:
         accelerator.print(f"{accelerator.distributed_type.value} over {accelerator.num_processes} processes: "
                           f"{sharding_report(model)}")
-    start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": []}
+    start_step, totals = 0, {"tokens_seen": 0, "loss_tokens": 0.0, "losses": [], "held_out": []}
     if (checkpoint := latest_checkpoint(out)) is not None:
         start_step, totals = load_checkpoint(checkpoint, model, optimizer.optimizer, scheduler, recipe)
+        totals.setdefault("held_out", [])
         accelerator.print(f"resuming from {checkpoint} at step {start_step}")
     if accelerator.is_main_process:
         try:
@@ -171,9 +175,10 @@ def setup(recipe: Recipe, accelerator: Accelerator, out: Path) -> Run:
             dump_recipe(recipe, out / "recipe.yaml")
         except OSError as e:
             raise write_error(out / "recipe.yaml", e, "train.output_dir") from None
+    tracking.start_trackers(accelerator, recipe, out)
     return Run(recipe, accelerator, out, tokenizer, rows, plan, rows.with_format(None)["loss_weight"], model,
                loss_model, optimizer, scheduler, [p for p in loss_model.parameters() if p.requires_grad], sharded,
-               rope, data_counts, start_step, totals)
+               rope, data_counts, start_step, totals, held_out)
 
 
 def train_steps(run: Run) -> tuple[float, int]:
@@ -186,8 +191,10 @@ def train_steps(run: Run) -> tuple[float, int]:
     with progress, checkpoint_on_interrupt(boundary, accelerator.is_main_process and not run.sharded, run.out,
                                            run.model, run.optimizer.optimizer, run.scheduler, run.totals,
                                            run.recipe):
-        started, tokens = time.perf_counter(), 0
+        seconds, tokens = 0.0, 0  # of the optimizer steps alone: held-out passes and checkpoints not counted
+        evaluate_if_due(run, run.start_step)  # step 0's, before any training (or one a kill left undone)
         for step in range(run.start_step, len(run.plan)):
+            started, lr = time.perf_counter(), run.scheduler.get_last_lr()[0]  # the lr this step uses
             step_loss, step_weight, step_tokens = forward_backward(run, step)
             if t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(run.trainable, t.max_grad_norm)
@@ -200,18 +207,47 @@ def train_steps(run: Run) -> tuple[float, int]:
                 run.totals["loss_tokens"] += step_weight
                 run.totals["losses"].append(step_loss)
                 boundary.update(step=step + 1, rng=rng_state())
+            step_seconds = time.perf_counter() - started
+            seconds += step_seconds
             progress.update(1)
-            if (step + 1) % t.log_every == 0 or step + 1 == len(run.plan):
-                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
-                                     tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
-                                     mem_gb=f"{peak_memory_gb(accelerator.device):.2f}")
+            report_step(run, step + 1, step_loss, lr, step_tokens / step_seconds, tokens / seconds, progress)
+            evaluate_if_due(run, step + 1)
             if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < len(run.plan):
                 accelerator.wait_for_everyone()
                 boundary["saving"] = True
                 save_checkpoint(run.out, step + 1, run.model, run.optimizer.optimizer, run.scheduler, run.totals,
                                 run.recipe, accelerator.is_main_process)
                 boundary["saving"] = False
-    return time.perf_counter() - started, tokens
+    return seconds, tokens
+
+
+def report_step(run: Run, step: int, loss: float, lr: float, step_tokens_per_s: float, tokens_per_s: float,
+                progress) -> None:
+    """The finished step to the trackers (every step) and the progress bar (every train.log_every)."""
+    peak = peak_memory_gb(run.accelerator.device)  # the run's peak so far
+    run.accelerator.log({"train/loss": loss, "train/learning_rate": lr, "train/tokens_per_s": step_tokens_per_s,
+                         "train/peak_memory_gb": peak}, step=step)
+    if step % run.recipe.train.log_every == 0 or step == len(run.plan):
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}", mem_gb=f"{peak:.2f}")
+
+
+def evaluate_if_due(run: Run, step: int) -> None:
+    """The held-out loss at step 0, every train.eval_every steps and after the last, once per step."""
+    every, history = run.recipe.train.eval_every, run.totals["held_out"]
+    due = step == len(run.plan) or (every and step % every == 0)
+    if run.held_out is None or not due or any(e["step"] == step for e in history):
+        return
+    rows = run.held_out[0]
+    history.append({"step": step, **tracking.held_out_loss(run.loss_model, run.accelerator, rows,
+                                                           run.tokenizer.pad_token_id, run.recipe)})
+    tracking.report_held_out(run.accelerator, run.out, held_out_summary(run), step)
+
+
+def held_out_summary(run: Run) -> dict | None:
+    if run.held_out is None:
+        return None
+    return {"files": run.recipe.data.eval_files, "data": run.held_out[1],
+            "buckets": tracking.bucket_labels(run.recipe.data.max_length), "evaluations": run.totals["held_out"]}
 
 
 def forward_backward(run: Run, step: int) -> tuple[float, float, int]:
@@ -266,11 +302,12 @@ def cleanup(run: Run, seconds: float, tokens: int) -> dict:
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "processes": accelerator.num_processes, "distributed": str(accelerator.distributed_type.value),
         "sharded": run.sharded, "mixed_precision": accelerator.mixed_precision, "weights_sha256": replicas[0],
+        "held_out": held_out_summary(run),
     }
     if accelerator.is_main_process:
         try:  # the checkpoints stay until both are written: a rerun resumes from the last one
             save_adapter(run.out / "adapter", run.model, weights, run.tokenizer, run.recipe, run.rope)
-            (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_atomic(run.out / "summary.json", json.dumps(summary, indent=2) + "\n", "train.output_dir")
         except OSError as e:
             raise write_error(run.out, e, "train.output_dir") from None
         shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
@@ -287,7 +324,7 @@ def cleanup(run: Run, seconds: float, tokens: int) -> dict:
 def finished_run(out: Path, recipe: Recipe) -> dict | None:
     """The summary of a run finished in out with this recipe; a finished run with other settings is refused."""
     summary, meta = out / "summary.json", out / "adapter" / "tenfold.json"
-    if not (summary.is_file() and meta.is_file()):
+    if not (summary.is_file() and meta.is_file()) or json.loads(summary.read_text()).get("in_progress"):
         return None
     changed = changed_settings(json.loads(meta.read_text())["recipe"], recipe_to_dict(recipe))
     if changed:
@@ -300,13 +337,16 @@ def clear_run(out: Path) -> None:
     """What a run writes besides the data cache, so that overwrite=True starts from step 0."""
     shutil.rmtree(out / "adapter", ignore_errors=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    (out / "summary.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "tracking", ignore_errors=True)
+    for name in ("summary.json", "held_out_loss.png"):
+        (out / name).unlink(missing_ok=True)
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """Recipe keys that change the weights and differ between two recipe dicts."""
     return sorted(f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved.get(s, {}).get(k)
-                  and f"{s}.{k}" not in ("train.log_every", "train.save_every", "train.output_dir"))
+                  and f"{s}.{k}" not in ("train.log_every", "train.save_every", "train.output_dir", "train.report_to",
+                                         "train.eval_every", "data.eval_files"))
 
 
 def save_adapter(path: Path, model, weights: dict, tokenizer, recipe: Recipe, rope: dict) -> None:

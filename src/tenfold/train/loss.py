@@ -101,6 +101,8 @@ def next_token_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, t
     parallel slice, whose last position predicts the next slice's first token)."""
     keep = target_weights != 0
     chunk_size = chunk_size or default_chunk_size(lm_head_weight.shape[0])
+    if not torch.is_grad_enabled():  # a custom Function is told its inputs need gradients even under no_grad
+        lm_head_weight = lm_head_weight.detach()
     return _LabelSparseCrossEntropy.apply(hidden_states[keep], lm_head_weight, target_ids[keep],
                                           target_weights[keep].float(), chunk_size)
 
@@ -116,14 +118,19 @@ class CausalLMLoss(nn.Module):
     def causal_lm(self) -> nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, attention_mask, token_weights, position_ids=None, target_ids=None) -> torch.Tensor:
-        """With target_ids (a sequence-parallel slice): token_weights are the targets' weights, already shifted."""
+    def forward(self, input_ids, attention_mask, token_weights, position_ids=None, target_ids=None,
+                weightings=None) -> torch.Tensor:
+        """With target_ids (a sequence-parallel slice): token_weights are the targets' weights, already shifted.
+        With weightings [K, *token_weights.shape]: the K losses under token_weights times each of them (the
+        held-out loss by position bucket) from one decoder forward."""
         lm = self.causal_lm()
         head = lm.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise NotImplementedError("an LM head with a bias is not supported by the label-sparse loss")
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
-        if target_ids is not None:
-            return next_token_loss(hidden, head.weight, target_ids, token_weights, self.chunk_size)
-        return causal_lm_loss(hidden, head.weight, input_ids, token_weights, self.chunk_size)
+        loss, targets = (causal_lm_loss, input_ids) if target_ids is None else (next_token_loss, target_ids)
+        if weightings is not None:
+            return torch.stack([loss(hidden, head.weight, targets, token_weights * w, self.chunk_size)
+                                for w in weightings])
+        return loss(hidden, head.weight, targets, token_weights, self.chunk_size)
