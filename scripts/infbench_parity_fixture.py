@@ -17,8 +17,8 @@ Records: `build_records()`, small deterministic InfiniteBench-shaped records of 
 LongBench maker: unicode, and punctuation the decode's clean-up rewrites), most longer than TRUNCATE_LENGTH
 (odd, so each half is TRUNCATE_LENGTH // 2 tokens); one QA record puts multi-byte characters at the cut. Model:
 the LongBench maker's write_model() copy of tenfold/tiny-llama (random weights; <|eot_id|> wins where "í"
-would), its tokenizer; the summaries' records are drawn (seed) so that the model ends them early: the tests
-generate 1,200 new tokens at most in seconds.
+would), its tokenizer. Each summary's record comes from a seed (SUMMARY_SEEDS) the model summarizes in under
+250 tokens under both presets, so that the tests, generating up to 1,200, take seconds.
 
 paper: main/eval_infbench.py's own process_infbench (create_prompt with infbench_utils' "mistral" templates,
 the cut counted without special tokens, each half decoded on its own, the "llama-3" chat template of src/chat.py),

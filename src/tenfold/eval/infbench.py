@@ -8,11 +8,12 @@ lengths (40 new tokens for QA, 1,200 for summaries). Two presets, each its refer
 
 - "paper" (FlagEmbedding eval_infbench.py + infbench_utils.py): cut counted without special tokens, each
   half decoded on its own, then the chat template (the paper's: `--chat-template llama-3`); summaries
-  scored with the `rouge` package's ROUGE-L F (errors and very long texts score 0: the paper's code
-  scores its RecursionError 0 and crashes on an empty summary or several references).
+  scored with the `rouge` package's ROUGE-L F (its RecursionError on very long texts scores 0, as in the
+  paper's code, which crashes on an empty summary or several references: here 0 and the best reference).
 - "official" (InfiniteBench's eval_yarn_mistral.py + compute_scores.py): cut counted with the BOS
   (`tok.encode`), the ids decoded whether cut or not, raw prompt, no chat template; summaries scored
   with ROUGE-Lsum of Google's rouge-score (what its `evaluate.load("rouge")` runs), best over the references.
+  It stops only at the tokenizer's eos; tenfold at every end token (the generation config's too).
 Both references ran transformers 4.x (4.39.3, 4.35.0), whose decode cleaned up spaces (" ." -> ".") as
 the tokenizer's config said, by default yes: the cut prompt and the prediction are decoded so here too
 (`decode_4x`), and the prediction is recorded and scored as so decoded.
@@ -169,7 +170,7 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
     out = Path(output_dir)
     claim_predictions(backend, out / "infbench.predictions.jsonl", overwrite=overwrite, settings={
         "preset": preset, "truncate_length": truncate_length, "template_set": template_set,
-        "prompts": prompts, "data_dir": data_dir})
+        "prompts": prompts, "data_dir": data_dir, "decode": "transformers 4.x"})  # decode_4x, not this version's
     records, scores = [], {}
     for task in tasks:
         cases = build_cases(backend.tokenizer, task, load_data(task, data_dir)[:limit], templates[task],
