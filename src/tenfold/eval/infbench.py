@@ -2,16 +2,24 @@
 
 Prompts are InfiniteBench's own (OpenBMB/InfiniteBench src/prompt.py, a pinned commit, downloaded once
 into the cache or read from `prompts`, never shipped); the default template set is "yarn_mistral",
-the one the paper's code (FlagEmbedding eval_infbench.py) uses. The prompt is cut in the middle to
-`truncate_length` tokens (first half + last half; the paper: 80K) and generated greedily with
-InfiniteBench's lengths (40 new tokens for QA, 1,200 for summaries). Two presets:
+the one the paper's code (FlagEmbedding eval_infbench.py) uses. The prompt is cut in the middle to its
+first and last `truncate_length // 2` tokens (the paper: 80K) and generated greedily with InfiniteBench's
+lengths (40 new tokens for QA, 1,200 for summaries). Two presets, each its reference code's:
 
-- "paper" (FlagEmbedding): cut counted without special tokens, then the chat template; summaries
-  scored with the `rouge` package's ROUGE-L F (as LongBench: errors and very long texts score 0).
+- "paper" (FlagEmbedding eval_infbench.py + infbench_utils.py): cut counted without special tokens, each
+  half decoded on its own, then the chat template (the paper's: `--chat-template llama-3`); summaries
+  scored with the `rouge` package's ROUGE-L F (its RecursionError on very long texts scores 0, as in the
+  paper's code, which crashes on an empty summary or several references: here 0 and the best reference).
 - "official" (InfiniteBench's eval_yarn_mistral.py + compute_scores.py): cut counted with the BOS
-  (`tok.encode`), raw prompt, no chat template; summaries scored with ROUGE-Lsum of Google's
-  rouge-score (what `evaluate.load("rouge")` runs), best over the references.
-QA is token F1 after SQuAD normalization, best over the answers, in both. Scores are x100.
+  (`tok.encode`), the ids decoded whether cut or not, raw prompt, no chat template; summaries scored
+  with ROUGE-Lsum of Google's rouge-score (what its `evaluate.load("rouge")` runs), best over the references.
+  It stops only at the tokenizer's eos; tenfold at every end token (the generation config's too).
+Both references ran transformers 4.x (4.39.3, 4.35.0), whose decode cleaned up spaces (" ." -> ".") as
+the tokenizer's config said, by default yes: the cut prompt and the prediction are decoded so here too
+(`decode_4x`), and the prediction is recorded and scored as so decoded.
+QA is token F1 after SQuAD normalization, best over the answers, in both. Scores are x100 (the
+references' mean, not x100; the paper rounds it to 4 decimals). tests/eval/test_infbench.py checks both
+presets against their reference code on a tiny model (scripts/infbench_parity_fixture.py).
 """
 
 from __future__ import annotations
@@ -25,14 +33,15 @@ from typing import Literal
 from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
+from tenfold.eval.needle import paper_clean_up
 from tenfold.eval.reference import paper_reported
 from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
 from tenfold.io import cache_dir, read_jsonl
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
 MAX_NEW_TOKENS = {"longbook_qa_eng": 40, "longbook_sum_eng": 1200}  # InfiniteBench eval_utils.py
-PRESETS = {"paper": {"count_bos": False, "chat": True, "sum_metric": "rouge-l (rouge package)"},
-           "official": {"count_bos": True, "chat": False, "sum_metric": "rougeLsum (rouge-score)"}}
+PRESETS = {"paper": {"chat": True, "sum_metric": "rouge-l (rouge package)"},
+           "official": {"chat": False, "sum_metric": "rougeLsum (rouge-score)"}}
 PROMPT_URL = "https://raw.githubusercontent.com/OpenBMB/InfiniteBench/88b3daa6989da2fbe0077170d7a3c84c25d5ae58/src/prompt.py"
 DATA_REPO = "xinrongzhang2022/InfiniteBench"  # a Hugging Face dataset with <task>.jsonl
 
@@ -77,12 +86,37 @@ def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
     return records
 
 
-def truncate_middle(tokenizer, text: str, length: int, count_bos: bool) -> str:
-    """InfiniteBench's cut: tokens[:length // 2] + tokens[-length // 2:], decoded without special tokens."""
-    ids = tokenizer(text, add_special_tokens=count_bos)["input_ids"]
-    if len(ids) <= length:
-        return text
-    return tokenizer.decode(ids[:length // 2] + ids[-length // 2:], skip_special_tokens=True)
+def decode_4x(tokenizer, ids: list[int]) -> str:
+    """The ids as transformers 4.x decoded them with skip_special_tokens=True: its space clean-up included."""
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return paper_clean_up(tokenizer, text)
+
+
+def truncate_middle(tokenizer, text: str, length: int, preset: str) -> str:
+    """The prompt cut to its first and last length // 2 tokens, as the preset's code cuts it.
+
+    paper (process_infbench): counted without special tokens; a cut prompt is its two halves decoded one by
+    one and joined, an uncut one is left as it is. official (truncate_by_tokens): counted with the special
+    tokens (the BOS); the ids, cut or not, decoded at once."""
+    half = length // 2
+    if preset == "paper":
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= length:
+            return text
+        return decode_4x(tokenizer, ids[:half]) + decode_4x(tokenizer, ids[-half:])
+    ids = tokenizer(text)["input_ids"]
+    return decode_4x(tokenizer, ids if len(ids) <= length else ids[:half] + ids[-half:])
+
+
+def build_cases(tokenizer, task: str, records: list[dict], template: str, truncate_length: int,
+                preset: str) -> list[dict]:
+    cases = []
+    for record in records:
+        answers = record["answer"] if isinstance(record["answer"], list) else [record["answer"]]
+        prompt = template.format(context=record["context"], question=record["input"], input=record["input"])
+        cases.append({"id": f"{task}/{record['id']}", "task": task, "answers": answers,
+                      "prompt": truncate_middle(tokenizer, prompt, truncate_length, preset)})
+    return cases
 
 
 def summary_score(prediction: str, references: list[str], preset: str) -> float:
@@ -95,6 +129,13 @@ def summary_score(prediction: str, references: list[str], preset: str) -> float:
 
     scorer = rouge_scorer.RougeScorer(["rougeLsum"])  # evaluate's rouge: no stemmer, default tokenizer
     return scorer.score_multi(references, prediction)["rougeLsum"].fmeasure
+
+
+def score(task: str, prediction: str, answers: list[str], preset: str) -> float:
+    """One prediction's score on 0-1 (the references' get_score_one)."""
+    if task == "longbook_qa_eng":
+        return max((qa_f1_score(prediction, answer) for answer in answers), default=0.0)
+    return summary_score(prediction, answers, preset)
 
 
 @dataclass
@@ -123,33 +164,27 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
         raise RecipeError(f"infbench: unknown task(s) {set(tasks) - set(TASKS)}; use {', '.join(TASKS)}")
     if backend.tokenizer is None:
         raise UserError(f"infbench: {backend.name} has no tokenizer to truncate with; pass --tokenizer")
-    settings = PRESETS[preset]
     check_length(backend, "infbench", truncate_length + 64, max(MAX_NEW_TOKENS[t] for t in tasks))  # 64: template
     templates = load_templates(prompts, template_set)
 
     out = Path(output_dir)
     claim_predictions(backend, out / "infbench.predictions.jsonl", overwrite=overwrite, settings={
         "preset": preset, "truncate_length": truncate_length, "template_set": template_set,
-        "prompts": prompts, "data_dir": data_dir})
+        "prompts": prompts, "data_dir": data_dir, "decode": "transformers 4.x"})  # decode_4x, not this version's
     records, scores = [], {}
     for task in tasks:
-        cases = []
-        for record in load_data(task, data_dir)[:limit]:
-            answers = record["answer"] if isinstance(record["answer"], list) else [record["answer"]]
-            prompt = templates[task].format(context=record["context"], question=record["input"], input=record["input"])
-            cases.append({"id": f"{task}/{record['id']}", "task": task, "answers": answers,
-                          "prompt": truncate_middle(backend.tokenizer, prompt, truncate_length, settings["count_bos"])})
+        cases = build_cases(backend.tokenizer, task, load_data(task, data_dir)[:limit], templates[task],
+                            truncate_length, preset)
 
         def score_case(case: dict, prediction: str) -> dict:
-            if case["task"] == "longbook_qa_eng":
-                return {"score": max(qa_f1_score(prediction, answer) for answer in case["answers"])}
-            return {"score": summary_score(prediction, case["answers"], preset)}
+            prediction = paper_clean_up(backend.tokenizer, prediction)  # as the reference's decode gave it
+            return {"prediction": prediction, "score": score(case["task"], prediction, case["answers"], preset)}
 
         done = run_cases(backend, cases, out / "infbench.predictions.jsonl", MAX_NEW_TOKENS[task], score_case,
-                         chat=settings["chat"], desc=f"infbench {task}")
+                         chat=PRESETS[preset]["chat"], desc=f"infbench {task}")
         scores[task] = 100 * mean(r["score"] for r in done)
         records += done
     summary = {"benchmark": "infbench", "model": describe(backend), "preset": preset, "template_set": template_set,
-               "truncate_length": truncate_length, "summary_metric": settings["sum_metric"], "scores": scores,
+               "truncate_length": truncate_length, "summary_metric": PRESETS[preset]["sum_metric"], "scores": scores,
                "score": mean(scores.values()), "paper_reported": paper_reported(backend.name, "infbench")}
     return write_outputs(out, "infbench", records, summary)
