@@ -31,7 +31,7 @@ get_score. chunk_generate was written for transformers 4.35's tuple KV caches: t
 (`TupleCacheModel`) turns them into this transformers' DynamicCache and back, nothing else.
 
 Decodes: both references pinned transformers 4.x (4.39.3, 4.35.0), whose decode cleaned up spaces
-(" ." -> ".") as the tokenizer's config said or, silent (tiny-llama), by default; `Transformers4Decode` of
+(" ." -> ".") as the tokenizer's config said or, silent (tiny-llama), by default; `transformers4.Transformers4Decode` of
 scripts/flagembedding_reference.py does that. `input_ids_clean_up`, `output_ids`, `prediction` and the scores
 are the references under that decode; `input_ids` the cut as this transformers decodes it (no clean-up);
 `input_ids_bos` the 4.x cut with a tokenizer that adds a BOS, as Llama-3's does (the official cut counts it).
@@ -55,7 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, or loaded by the tests
 import flagembedding_reference as reference  # noqa: E402
-import longbench_paper_parity_fixture as longbench  # noqa: E402
+import longbench_fixture_inputs as longbench  # noqa: E402
+from transformers4 import Transformers4Decode  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "infbench_parity.json"
 MODEL = longbench.MODEL
@@ -205,10 +206,10 @@ def paper_generate(module, model, task: str, input_ids: list[int]) -> list[int]:
 
 
 def paper_cases(module, tokenizer, model, task: str, records: list[dict]) -> list[dict]:
-    clean_up = reference.Transformers4Decode(tokenizer)
+    clean_up = Transformers4Decode(tokenizer)
     ids = paper_input_ids(module, tokenizer, task, records)
     ids_clean_up = paper_input_ids(module, clean_up, task, records)
-    ids_bos = paper_input_ids(module, reference.Transformers4Decode(bos_tokenizer(tokenizer)), task, records)
+    ids_bos = paper_input_ids(module, Transformers4Decode(bos_tokenizer(tokenizer)), task, records)
     cases = []
     for record, *prompt_ids in zip(records, ids, ids_clean_up, ids_bos):
         output = paper_generate(module, model, task, prompt_ids[1])
@@ -223,13 +224,13 @@ def official_case(ib, utils, cs, tokenizer, model, task: str, record: dict) -> d
     """One example of eval_yarn_mistral.py's loop (create_prompt, get_pred) and compute_scores' score of it."""
     tok = copy.deepcopy(tokenizer)
     tok.pad_token = tok.eos_token  # load_model
-    clean_up = reference.Transformers4Decode(tok)
+    clean_up = Transformers4Decode(tok)
     prompt = utils.create_prompt(record, task, "yarn-mistral", "unused: the record holds its context")
     runner = TupleCacheModel(model)
     with contextlib.redirect_stdout(io.StringIO()):  # its progress prints
         prediction = ib.get_pred(runner, clean_up, prompt, max_tokens=utils.DATA_NAME_TO_MAX_NEW_TOKENS[task])
         cuts = [ib.truncate_by_tokens(prompt, t, ib.TRUNCATE_LEN)
-                for t in (tok, clean_up, reference.Transformers4Decode(bos_tokenizer(tok)))]
+                for t in (tok, clean_up, Transformers4Decode(bos_tokenizer(tok)))]
     (generated,) = runner.generated
     answer = utils.get_answer(record, task)
     return {"id": record["id"], "input_ids": tok(cuts[0])["input_ids"], "input_ids_clean_up": tok(cuts[1])["input_ids"],

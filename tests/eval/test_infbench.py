@@ -204,7 +204,7 @@ def test_metrics_score_the_edge_cases_as_the_references(preset):
 def test_predictions_are_recorded_and_scored_as_transformers_4_decoded_them(parity, tmp_path):
     """The references' batch_decode cleaned up spaces (" ." -> "."): what the tokenizer gives is cleaned so."""
     maker, backend, folder, _ = parity
-    decode_4x_ref = maker.reference.Transformers4Decode(backend.tokenizer)
+    decode_4x_ref = maker.Transformers4Decode(backend.tokenizer)
     ids = backend.tokenizer(" the door , it 's 9 . blue ! fou", add_special_tokens=False)["input_ids"]
     fake = FakeBackend(answer=lambda _prompt: backend.tokenizer.decode(ids, skip_special_tokens=True),
                        tokenizer=backend.tokenizer, max_length=2048)

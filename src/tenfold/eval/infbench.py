@@ -33,9 +33,16 @@ from typing import Literal
 from tenfold.config import setting
 from tenfold.errors import RecipeError, RecordError, UserError
 from tenfold.eval.longbench_metrics import _rouge_l, qa_f1_score
-from tenfold.eval.needle import paper_clean_up
 from tenfold.eval.reference import paper_reported
-from tenfold.eval.runner import check_length, claim_predictions, describe, mean, run_cases, write_outputs
+from tenfold.eval.runner import (
+    check_length,
+    claim_predictions,
+    describe,
+    mean,
+    run_cases,
+    transformers4_clean_up,
+    write_outputs,
+)
 from tenfold.io import cache_dir, read_jsonl
 
 TASKS = ("longbook_qa_eng", "longbook_sum_eng")
@@ -89,7 +96,7 @@ def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
 def decode_4x(tokenizer, ids: list[int]) -> str:
     """The ids as transformers 4.x decoded them with skip_special_tokens=True: its space clean-up included."""
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return paper_clean_up(tokenizer, text)
+    return transformers4_clean_up(tokenizer, text)
 
 
 def truncate_middle(tokenizer, text: str, length: int, preset: str) -> str:
@@ -177,7 +184,7 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
                             truncate_length, preset)
 
         def score_case(case: dict, prediction: str) -> dict:
-            prediction = paper_clean_up(backend.tokenizer, prediction)  # as the reference's decode gave it
+            prediction = transformers4_clean_up(backend.tokenizer, prediction)  # as the reference's decode gave it
             return {"prediction": prediction, "score": score(case["task"], prediction, case["answers"], preset)}
 
         done = run_cases(backend, cases, out / "infbench.predictions.jsonl", MAX_NEW_TOKENS[task], score_case,
