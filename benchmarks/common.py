@@ -65,12 +65,14 @@ def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, head
     return path
 
 
-def paper_recipe(model_dir: Path, length: int, bf16: bool = True, offload: bool = False):
+def paper_recipe(model_dir: Path | str, length: int, bf16: bool = True, offload: bool = False,
+                 quantization: str = "nf4"):
     """The paper's recipe (recipes/llama3-8b-instruct-80k.yaml) pointed at model_dir, for one length."""
     from tenfold.recipe import load_recipe
 
     return load_recipe(ROOT / "recipes" / "llama3-8b-instruct-80k.yaml", {
         "model.name": str(model_dir), "model.dtype": "auto", "data.max_length": length,
+        "model.quantization": quantization,
         "train.mixed_precision": "bf16" if bf16 else "no", "model.offload_activations": offload})
 
 

@@ -3,9 +3,15 @@
 The peak is measured in the same run, in the same dtype (a large square GEMM, best of several).
 Model FLOPs per step follow the usual convention: 6 x (non-embedding parameters, LM head included)
 x tokens for the matmuls, plus 6 x layers x hidden x tokens^2 for causal attention (forward and
-backward; recomputation by gradient checkpointing is not counted).
+backward; recomputation by gradient checkpointing is not counted). Peak = the process's resident
+peak during the timed step (VmHWM, reset before it).
 
     python benchmarks/train_speed.py [--quick] [--hidden 512 --layers 4]
+    python benchmarks/train_speed.py --model tenfold/smollm2-135m-instruct --lengths 2048,8192,16384 \
+        --quantization nf4,none --dtypes fp32,bf16 [--profile 2048]
+
+--profile LENGTH: torch.profiler's op table of one step at that length (first quantization and dtype), the
+15 ops with the most self CPU time, printed and stored in results/train_speed_profile.txt.
 """
 
 from __future__ import annotations
@@ -17,7 +23,17 @@ from pathlib import Path
 
 import torch
 
-from common import MODEL_DIR, build_model, markdown_table, record, tenfold_step_fn
+from common import (
+    MODEL_DIR,
+    RESULTS,
+    build_model,
+    cpu_peak_bytes,
+    markdown_table,
+    paper_recipe,
+    record,
+    reset_cpu_peak,
+    tenfold_step_fn,
+)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -40,40 +56,77 @@ def model_flops(config: dict, length: int) -> float:
     return 6 * params * length + 6 * layers * d * length ** 2
 
 
+def timed_step(model_dir, config: dict, length: int, dtype_name: str, quantization: str, peak: float) -> dict:
+    step = tenfold_step_fn(recipe=paper_recipe(model_dir, length, dtype_name == "bf16", quantization=quantization))
+    generator = torch.Generator().manual_seed(0)
+    step(torch.randint(0, config["vocab_size"], (1, 256), generator=generator))
+    input_ids = torch.randint(0, config["vocab_size"], (1, length), generator=generator)
+    reset_cpu_peak()
+    started = time.perf_counter()
+    step(input_ids)
+    seconds = time.perf_counter() - started
+    achieved = model_flops(config, length) / seconds
+    return {"path": "tenfold", "quantization": quantization, "dtype": dtype_name, "length": length,
+            "seconds": seconds, "tokens_per_s": length / seconds, "peak_gib": cpu_peak_bytes() / 2**30,
+            "model_flops_per_s": achieved, "matmul_peak_flops_per_s": peak, "fraction_of_peak": achieved / peak}
+
+
+def profile_step(model_dir, config: dict, length: int, dtype_name: str, quantization: str) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    step = tenfold_step_fn(recipe=paper_recipe(model_dir, length, dtype_name == "bf16", quantization=quantization))
+    input_ids = torch.randint(0, config["vocab_size"], (1, length), generator=torch.Generator().manual_seed(0))
+    step(input_ids[:, :256])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(input_ids)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    header = f"one step, {length} tokens, {quantization}, {dtype_name}, model {model_dir}\n"
+    (RESULTS / "train_speed_profile.txt").write_text(header + table + "\n")
+    return header + table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4K only, bf16 only")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--model", help="a model name or folder (default: a random Llama of --hidden/--layers "
+                                        "with Llama-3's vocabulary)")
+    parser.add_argument("--lengths", default="4096,16384")
+    parser.add_argument("--quantization", default="nf4", help="comma-separated: nf4, none")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
+    parser.add_argument("--profile", type=int, metavar="LENGTH")
     args = parser.parse_args()
-    model_dir = build_model(MODEL_DIR.with_name(f"llama-128k-vocab-h{args.hidden}-l{args.layers}"),
-                            hidden=args.hidden, layers=args.layers, heads=max(1, args.hidden // 32))
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    lengths = [4096] if args.quick else [4096, 16384]
-    rows, table_rows = [], []
-    for dtype_name in (["bf16"] if args.quick else ["fp32", "bf16"]):
-        bf16 = dtype_name == "bf16"
-        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
-        for length in lengths:
-            step = tenfold_step_fn(model_dir, length, bf16)
-            generator = torch.Generator().manual_seed(0)
-            step(torch.randint(0, config["vocab_size"], (1, 256), generator=generator))
-            input_ids = torch.randint(0, config["vocab_size"], (1, length), generator=generator)
-            started = time.perf_counter()
-            step(input_ids)
-            seconds = time.perf_counter() - started
-            achieved = model_flops(config, length) / seconds
-            rows.append({"path": "tenfold", "dtype": dtype_name, "length": length, "seconds": seconds,
-                         "tokens_per_s": length / seconds, "model_flops_per_s": achieved,
-                         "matmul_peak_flops_per_s": peak, "fraction_of_peak": achieved / peak})
-            table_rows.append([dtype_name, length, f"{length / seconds:.0f}", f"{achieved / 1e9:.1f}",
-                               f"{peak / 1e9:.1f}", f"{100 * achieved / peak:.1f}%"])
-            print(rows[-1], flush=True)
-    table = markdown_table(["dtype", "length", "tokens/s", "model GFLOP/s", "matmul peak GFLOP/s", "of peak"],
-                           table_rows)
-    record("train_speed", rows, table, f"- model: Llama, vocab 128,256, hidden {args.hidden}, {args.layers} layers; "
-           "NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; every token carries loss; one warm-up step "
-           "at 256 tokens, then one timed step.", quick=args.quick)
+    if args.model:
+        from tenfold.models import load_config
+
+        model_dir, config = args.model, load_config(args.model).to_dict()
+    else:
+        model_dir = build_model(MODEL_DIR.with_name(f"llama-128k-vocab-h{args.hidden}-l{args.layers}"),
+                                hidden=args.hidden, layers=args.layers, heads=max(1, args.hidden // 32))
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    lengths = [4096] if args.quick else [int(n) for n in args.lengths.split(",")]
+    dtypes = ["bf16"] if args.quick else args.dtypes.split(",")
+    quantizations = args.quantization.split(",")
+    if args.profile:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        print(profile_step(model_dir, config, args.profile, dtypes[0], quantizations[0]), flush=True)
+    rows = []
+    for dtype_name in dtypes:
+        peak = matmul_peak(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
+        for quantization in quantizations:
+            for length in lengths:
+                rows.append(timed_step(model_dir, config, length, dtype_name, quantization, peak))
+                print(rows[-1], flush=True)
+    table = markdown_table(
+        ["quantization", "dtype", "length", "tokens/s", "peak GiB", "model GFLOP/s", "matmul peak GFLOP/s", "of peak"],
+        [[r["quantization"], r["dtype"], r["length"], f"{r['tokens_per_s']:.0f}", f"{r['peak_gib']:.2f}",
+          f"{r['model_flops_per_s'] / 1e9:.1f}", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f}",
+          f"{100 * r['fraction_of_peak']:.1f}%"] for r in rows])
+    model = args.model or f"Llama, vocab 128,256, hidden {args.hidden}, {args.layers} layers"
+    record("train_speed", rows, table, f"- model: {model}; the paper's recipe (LoRA r32/a16 on q/k/v/o, "
+           "embed_tokens trained, gradient checkpointing); every token carries loss; one warm-up step at 256 "
+           "tokens, then one timed step.", quick=args.quick)
 
 
 if __name__ == "__main__":
