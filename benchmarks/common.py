@@ -1,7 +1,8 @@
 """What the training benchmarks share: the benchmark model, one optimizer step on each path, recording.
 
 The model is Llama-architecture with Llama-3's vocabulary (128,256) and a small hidden size, so the
-LM head and the loss dominate as they do at long context; weights are random (no download).
+LM head and the loss dominate as they do at long context; weights are random (no download). The
+`w1024x8-vocab16k` model keeps real-width layers with a small vocabulary, so the layers dominate.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ VOCAB = 128_256
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def llama_sizes(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None) -> dict:
-    """The benchmark model's LlamaConfig arguments: Llama-3's vocabulary and RoPE base, `shape` or the small sizes."""
+def llama_sizes(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict | None = None,
+                vocab: int = VOCAB) -> dict:
+    """The benchmark model's LlamaConfig arguments: Llama-3's vocabulary (or `vocab`) and RoPE base, `shape` or
+    the small sizes."""
     sizes = shape or dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                           num_attention_heads=heads, num_key_value_heads=heads)
-    return dict(vocab_size=VOCAB, max_position_embeddings=8192, rope_theta=500_000.0, tie_word_embeddings=False,
+    return dict(vocab_size=vocab, max_position_embeddings=8192, rope_theta=500_000.0, tie_word_embeddings=False,
                 **sizes)
 
 
@@ -53,14 +56,14 @@ def llama_config(hidden: int = 128, layers: int = 2, heads: int = 4, shape: dict
 
 
 def build_model(path: Path = MODEL_DIR, hidden: int = 128, layers: int = 2, heads: int = 4,
-                shape: dict | None = None) -> Path:
+                shape: dict | None = None, vocab: int = VOCAB) -> Path:
     """Random weights (seed 0) saved once; `shape` (e.g. LLAMA3_8B) replaces the small default sizes."""
     if (path / "config.json").is_file():
         return path
     from tenfold import toy
 
     device = "cuda" if shape and torch.cuda.is_available() else "cpu"  # 8B random init is minutes on a CPU
-    model = toy.build_model(seed=0, device=device, **llama_sizes(hidden, layers, heads, shape))
+    model = toy.build_model(seed=0, device=device, **llama_sizes(hidden, layers, heads, shape, vocab))
     model.to(torch.bfloat16 if shape else torch.float32).save_pretrained(path)
     return path
 
@@ -244,14 +247,20 @@ STEP_FNS = {"baseline": baseline_step_fn, "tenfold": tenfold_step_fn}
 # at a size a 2-core CPU trains at tens of thousands of tokens.
 W1024X8 = dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=8, num_attention_heads=8,
                num_key_value_heads=2)
+# The same layers with a vocabulary of 16,384: no path's loss scratch (TRL's fixed tiles of 4,096 x
+# 32,768 fp32 logits, tenfold's 64 MB chunk, the embedding's gradient) outweighs its layers at 4K+ tokens.
+SMALL_VOCAB = 16_384
 
 
 def benchmark_model(model: str = "small") -> Path:
-    """The model directory for `small` (hidden 128, 2 layers), `w1024x8` or `llama3-8b`, built if absent."""
+    """The model directory for `small` (hidden 128, 2 layers), `w1024x8`, `w1024x8-vocab16k` (its vocabulary
+    16,384) or `llama3-8b`, built if absent."""
     if model == "small":
         return build_model()
     if model == "w1024x8":
         return build_model(MODEL_DIR.with_name("llama-w1024x8"), shape=W1024X8)
+    if model == "w1024x8-vocab16k":
+        return build_model(MODEL_DIR.with_name("llama-w1024x8-vocab16k"), shape=W1024X8, vocab=SMALL_VOCAB)
     return build_model(LLAMA3_8B_DIR, shape=LLAMA3_8B)
 
 
@@ -261,8 +270,9 @@ def measure_step(path: str, length: int, bf16: bool, device: str = "cpu", model:
     labelled, on every path); peak memory of this process from the timed step's start (resident size on the
     CPU, max allocated on a GPU)."""
     model_dir = benchmark_model(model)
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randint(0, VOCAB, (1, n), generator=generator) for n in (256, length)]
+    inputs = [torch.randint(0, vocab, (1, n), generator=generator) for n in (256, length)]
     timer = StepTimer(device)
     if path == "trl":
         loss = trl_train(model_dir, inputs, bf16, device, offload, timer)

@@ -6,10 +6,12 @@ QLoRA recipe with gradient checkpointing and the model's own loss from labels; "
 SFTTrainer with its documented long-context settings (checkpointing, its chunked fused LM head,
 padding-free; activation offloading on GPUs; see common.trl_train); "tenfold", `tenfold train`'s step.
 Same model, NF4 base, LoRA settings, data (every token carries loss: the worst case for tenfold's
-label-sparse loss) and bf16 autocast. All paths of one length run back to back.
+label-sparse loss) and bf16 autocast. All paths of one length run back to back. Each path's peaks get
+a straight line (growth per token, and the longest context in 24 GiB it projects); `--model
+w1024x8-vocab16k` measures where the layers, not the LM head's scratch, set every path's peak.
 
     python benchmarks/train_memory.py [--quick] [--max-length N] [--lengths N,...]
-                                      [--paths baseline,trl,tenfold]
+                                      [--paths baseline,trl,tenfold] [--model w1024x8|w1024x8-vocab16k|small]
     python benchmarks/train_memory.py --gpu [--paths ...]
 """
 
@@ -20,26 +22,46 @@ import argparse
 import numpy as np
 import torch
 
-from common import installed_paths, markdown_table, measure_in_subprocess, record
+from common import ADDRESS_SPACE_LIMIT, installed_paths, markdown_table, measure_in_subprocess, record
 
 PATHS = ("baseline", "trl", "tenfold")
-MODEL_TEXT = {"small": "hidden 128, 2 layers, 4 heads",
-              "w1024x8": "hidden 1,024, MLP 3,584, 8 layers, 8/2 heads"}
+MODEL_TEXT = {"small": "vocab 128,256, hidden 128, 2 layers, 4 heads",
+              "w1024x8": "vocab 128,256, hidden 1,024, MLP 3,584, 8 layers, 8/2 heads",
+              "w1024x8-vocab16k": "vocab 16,384, hidden 1,024, MLP 3,584, 8 layers, 8/2 heads"}
 KEYS = ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")
 
 
-def linear_fit(rows: list[dict]) -> str:
+def fit(rows: list[dict]) -> tuple[float, float, float] | None:
+    """(GiB per token, intercept GiB, R^2) of a straight line through the rows that fit; None under 3 points."""
     points = [(r["length"], r["peak_mem_gb"]) for r in rows if not r["oom"]]
     if len(points) < 3:
-        return "too few points to fit"
+        return None
     x, y = np.array(points, dtype=float).T
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
-    r2 = 1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return slope, intercept, 1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()
+
+
+def linear_fit(rows: list[dict]) -> str:
+    if (line := fit(rows)) is None:
+        return "too few points to fit"
+    slope, intercept, r2 = line
+    x, y = np.array([(r["length"], r["peak_mem_gb"]) for r in rows if not r["oom"]], dtype=float).T
     exponent = (np.polyfit(np.log(x), np.log(np.maximum(y - intercept, 1e-9)), 1)[0] if intercept < y.min()
                 else float("nan"))
-    return (f"{intercept:.2f} GB + {slope * 1024:.3f} GB per 1K tokens (R^2 {r2:.4f}; "
-            f"growth exponent of memory above the intercept {exponent:.2f})")
+    projected = f"{int((ADDRESS_SPACE_LIMIT / 2**30 - intercept) / slope):,}" if slope > 0 else "unbounded"
+    return (f"{intercept:.2f} GB + {slope * 1024:.3f} GB per 1K tokens = {slope * 2**20:.1f} KiB per token "
+            f"(R^2 {r2:.4f}; growth exponent of memory above the intercept {exponent:.2f}); longest context "
+            f"in 24 GiB projected from this line: {projected} tokens")
+
+
+def growth_ratio(rows: list[dict], paths: list[str]) -> str:
+    """tenfold's growth per token over each other path's, from the two lines."""
+    lines = {p: fit([r for r in rows if r["path"] == p]) for p in paths}
+    if lines.get("tenfold") is None:
+        return ""
+    return "\n".join(f"- growth per token, tenfold/{p}: {lines['tenfold'][0] / line[0]:.2f}x"
+                   for p, line in lines.items() if p != "tenfold" and line is not None)
 
 
 def label(row: dict) -> str:
@@ -105,8 +127,10 @@ def main() -> None:
     parser.add_argument("--lengths", help="comma-separated lengths, instead of the default series")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, of " + ", ".join(PATHS))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    parser.add_argument("--model", default="w1024x8", choices=["w1024x8", "small"],
-                        help="w1024x8: width 1,024, MLP 3,584, 8 layers, 8/2 heads (default); small: hidden 128")
+    parser.add_argument("--model", default="w1024x8", choices=list(MODEL_TEXT),
+                        help="w1024x8: width 1,024, MLP 3,584, 8 layers, 8/2 heads, vocab 128,256 (default); "
+                             "w1024x8-vocab16k: its layers with vocab 16,384, where the layers set every path's "
+                             "peak; small: hidden 128")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU section only: a Llama-3-8B-shaped model (needs a CUDA device)")
     args = parser.parse_args()
@@ -132,8 +156,9 @@ def main() -> None:
         notes.append(f"- {path}: largest context that fits in 24 GiB: {largest} tokens"
                      f"{' (longest tried)' if tried_all else ''}; memory fit: "
                      f"{linear_fit([r for r in rows if r['path'] == path])}")
-    record("train_memory", rows, comparison_table(rows, lengths, paths), "\n".join(notes) +
-           f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, vocab 128,256, "
+    notes.append(growth_ratio(rows, paths))
+    record("train_memory", rows, comparison_table(rows, lengths, paths), "\n".join(n for n in notes if n) +
+           f"\n- dtype: {'fp32' if args.fp32 else 'bf16 autocast'}; model: Llama, "
            f"{MODEL_TEXT[args.model]}; NF4 base, LoRA r32/a16 on q/k/v/o, embed_tokens trained; one warm-up step at "
            "256 tokens, then one timed step (TRL: its trainer's loop, the second step timed by a callback); "
            "peak = resident peak of the timed step (VmHWM reset before it; fixed glibc mmap threshold).",

@@ -112,14 +112,14 @@ def layer_saved_bytes_per_token(shape: Shape, b: int, mlp_positions: float = 1.0
 
     Counted with saved-tensor hooks on a Llama layer: the MLP's gate, up and activation outputs
     (3 x intermediate), the attention's inputs and output, the LoRA inputs and the queries (5 widths in
-    fp32, where q/k/v share one input; 6 under bf16 autocast, whose casts copy them, plus 2 for what
-    the RMSNorms keep: train.rms_norm saves their inputs as given, not upcast to fp32), keys and values.
+    fp32 and under bf16 autocast alike: q/k/v share one input, which train.model keeps from being copied
+    under CPU autocast, and train.rms_norm saves the norms' inputs as given, not upcast to fp32), keys
+    and values.
     `mlp_positions` is the share of the sequence whose MLP intermediates exist at once (1: untiled); a
     tiled MLP saves its input instead.
     """
     d, ffn, kv = shape.hidden, shape.intermediate, shape.kv_width
-    widths = 5 * d if b == 4 else 8 * d
-    return b * (widths + 2 * kv) + b * 3 * ffn * mlp_positions + (b * d if mlp_positions < 1 else 0)
+    return b * (5 * d + 2 * kv) + b * 3 * ffn * mlp_positions + (b * d if mlp_positions < 1 else 0)
 
 
 def recompute_bytes_per_token(shape: Shape, b: int, mlp_positions: float) -> float:

@@ -68,6 +68,7 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool):
         if param.requires_grad:
             param.data = param.data.float()
     cast_trained_module_outputs(model)
+    cast_lora_inputs_only_outside_autocast(model)
     return model
 
 
@@ -101,6 +102,29 @@ def cast_trained_module_outputs(model) -> None:
     for module in model.modules():
         if isinstance(module, ModulesToSaveWrapper):
             module.register_forward_hook(cast)
+
+
+def cast_lora_inputs_only_outside_autocast(model) -> int:
+    """Let LoRA layers take their input as given under autocast on any device; returns how many.
+
+    peft casts a LoRA layer's input to its (fp32) weights' dtype unless `torch.is_autocast_enabled()`, which
+    asks about CUDA alone: under CPU autocast each of q/k/v/o made an fp32 copy of its bf16 input that
+    autocast cast back to bf16 for the matmul, and that second copy is what autograd saved, four per layer
+    instead of two inputs (8 KB a token at width 1,024, alive through each layer's recompute). bf16 -> fp32
+    -> bf16 is exact, so outputs and gradients are unchanged. Outside autocast peft still casts (a bf16 base
+    under fp32 LoRA weights needs it), through its own `cast_input_dtype_enabled` switch.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    def keep_dtype_under_autocast(module, args, kwargs):  # a forward pre-hook's signature
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, torch.Tensor):
+            module.cast_input_dtype_enabled = not torch.is_autocast_enabled(x.device.type)
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.register_forward_pre_hook(keep_dtype_under_autocast, with_kwargs=True)
+    return len(layers)
 
 
 def load_model_for_training(recipe: Recipe, device: torch.device):
