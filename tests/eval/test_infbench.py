@@ -1,5 +1,4 @@
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,15 +6,16 @@ import pytest
 from rouge_score import rouge_scorer
 
 from fakes import FakeBackend
+from fixture_makers import load_maker
 from tenfold.eval.infbench import (
     build_cases,
-    decode_4x,
     load_templates,
     run_infbench,
     score,
     summary_score,
     truncate_middle,
 )
+from tenfold.eval.runner import transformers4_decode
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "infbench_parity.json").read_text())
@@ -56,13 +56,17 @@ def test_templates_are_read_as_literals_from_prompt_py(tmp_path):
 
 def test_truncation_keeps_both_ends_with_or_without_the_bos(tiny_backend):
     tok = tiny_backend.tokenizer
+
+    def decode(ids):
+        return transformers4_decode(tok, ids, skip_special_tokens=True)
+
     text = "book start . " + " ".join(WORDS * 30) + " question end ?"
     ids = tok(text)["input_ids"]
     cut = truncate_middle(tok, text, 101, "official")
-    assert cut == decode_4x(tok, ids[:50] + ids[-50:])  # 2 * (101 // 2) tokens, as both references keep
+    assert cut == decode(ids[:50] + ids[-50:])  # 2 * (101 // 2) tokens, as both references keep
     assert cut.startswith("book start.") and cut.endswith("question end?")  # transformers 4.x's clean-up
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert truncate_middle(tok, text, 101, "paper") == decode_4x(tok, ids[:50]) + decode_4x(tok, ids[-50:])
+    assert truncate_middle(tok, text, 101, "paper") == decode(ids[:50]) + decode(ids[-50:])
     assert truncate_middle(tok, "short , text", 101, "paper") == "short , text"  # uncut: as it was
     assert truncate_middle(tok, "short , text", 101, "official") == "short, text"  # decoded all the same
 
@@ -105,10 +109,7 @@ def test_cli_infbench(tiny_model_dir, tmp_path, capsys):
 # ---------------------------------------------------------------- parity with the reference code (both presets)
 
 def _maker():
-    spec = importlib.util.spec_from_file_location("infbench_parity_fixture",
-                                                  ROOT / "scripts" / "infbench_parity_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_maker("infbench_parity_fixture")
     assert module.sha256(module.build_records()) == FIXTURE["records_sha256"], \
         "the records changed: regenerate the fixture with scripts/infbench_parity_fixture.py"
     assert module.sha256(module.extra_predictions()) == FIXTURE["extra_sha256"]

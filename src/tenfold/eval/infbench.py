@@ -16,7 +16,7 @@ lengths (40 new tokens for QA, 1,200 for summaries). Two presets, each its refer
   It stops only at the tokenizer's eos; tenfold at every end token (the generation config's too).
 Both references ran transformers 4.x (4.39.3, 4.35.0), whose decode cleaned up spaces (" ." -> ".") as
 the tokenizer's config said, by default yes: the cut prompt and the prediction are decoded so here too
-(`decode_4x`), and the prediction is recorded and scored as so decoded.
+(runner.transformers4_decode), and the prediction is recorded and scored as so decoded.
 QA is token F1 after SQuAD normalization, best over the answers, in both. Scores are x100 (the
 references' mean, not x100; the paper rounds it to 4 decimals). tests/eval/test_infbench.py checks both
 presets against their reference code on a tiny model (scripts/infbench_parity_fixture.py).
@@ -41,6 +41,7 @@ from tenfold.eval.runner import (
     mean,
     run_cases,
     transformers4_clean_up,
+    transformers4_decode,
     write_outputs,
 )
 from tenfold.io import cache_dir, read_jsonl
@@ -93,12 +94,6 @@ def load_data(task: str, data_dir: str | Path | None = None) -> list[dict]:
     return records
 
 
-def decode_4x(tokenizer, ids: list[int]) -> str:
-    """The ids as transformers 4.x decoded them with skip_special_tokens=True: its space clean-up included."""
-    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return transformers4_clean_up(tokenizer, text)
-
-
 def truncate_middle(tokenizer, text: str, length: int, preset: str) -> str:
     """The prompt cut to its first and last length // 2 tokens, as the preset's code cuts it.
 
@@ -110,9 +105,11 @@ def truncate_middle(tokenizer, text: str, length: int, preset: str) -> str:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= length:
             return text
-        return decode_4x(tokenizer, ids[:half]) + decode_4x(tokenizer, ids[-half:])
+        return (transformers4_decode(tokenizer, ids[:half], skip_special_tokens=True)
+                + transformers4_decode(tokenizer, ids[-half:], skip_special_tokens=True))
     ids = tokenizer(text)["input_ids"]
-    return decode_4x(tokenizer, ids if len(ids) <= length else ids[:half] + ids[-half:])
+    return transformers4_decode(tokenizer, ids if len(ids) <= length else ids[:half] + ids[-half:],
+                                skip_special_tokens=True)
 
 
 def build_cases(tokenizer, task: str, records: list[dict], template: str, truncate_length: int,
@@ -177,18 +174,20 @@ def run_infbench(backend, output_dir: str | Path, tasks: list[str] | None = None
     out = Path(output_dir)
     claim_predictions(backend, out / "infbench.predictions.jsonl", overwrite=overwrite, settings={
         "preset": preset, "truncate_length": truncate_length, "template_set": template_set,
-        "prompts": prompts, "data_dir": data_dir, "decode": "transformers 4.x"})  # decode_4x, not this version's
+        "prompts": prompts, "data_dir": data_dir, "decode": "transformers 4.x"})  # transformers4_decode
+    def clean_up(prediction: str) -> str:  # as the reference's decode of the new ids gave it
+        return transformers4_clean_up(backend.tokenizer, prediction)
+
     records, scores = [], {}
     for task in tasks:
         cases = build_cases(backend.tokenizer, task, load_data(task, data_dir)[:limit], templates[task],
                             truncate_length, preset)
 
         def score_case(case: dict, prediction: str) -> dict:
-            prediction = transformers4_clean_up(backend.tokenizer, prediction)  # as the reference's decode gave it
-            return {"prediction": prediction, "score": score(case["task"], prediction, case["answers"], preset)}
+            return {"score": score(case["task"], prediction, case["answers"], preset)}
 
         done = run_cases(backend, cases, out / "infbench.predictions.jsonl", MAX_NEW_TOKENS[task], score_case,
-                         chat=PRESETS[preset]["chat"], desc=f"infbench {task}")
+                         chat=PRESETS[preset]["chat"], desc=f"infbench {task}", post_process=clean_up)
         scores[task] = 100 * mean(r["score"] for r in done)
         records += done
     summary = {"benchmark": "infbench", "model": describe(backend), "preset": preset, "template_set": template_set,

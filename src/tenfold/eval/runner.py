@@ -156,8 +156,8 @@ def run_cases(backend, cases: list[dict], predictions_path: str | Path, max_new_
     A case may carry an "answer_prefix": text placed after the chat template, starting the answer.
     `controls` (stop strings, first-token bans) hold for every case of this call: a benchmark with rules per
     dataset calls once per dataset, and keys its predictions on them (claim_predictions' settings).
-    `post_process` rewrites each generated text before it is stored and scored (LongBench: the space clean-up
-    of transformers 4).
+    `post_process` rewrites each generated text before it is stored and scored (LongBench, InfiniteBench: the
+    space clean-up of transformers 4).
     A record is the case without its prompt, plus "prediction" and what `score` returns.
     """
     def predict(batch: list[dict]) -> list[dict]:
