@@ -1,6 +1,5 @@
 import copy
 import hashlib
-import importlib.util
 import json
 import math
 from collections import defaultdict
@@ -10,6 +9,7 @@ import pytest
 from tokenizers import processors
 
 from fakes import FakeBackend
+from fixture_makers import load_maker
 from tenfold.errors import UserError
 from tenfold.eval import longbench
 from tenfold.eval.longbench import (
@@ -36,10 +36,7 @@ FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "longbench_official_scores.j
 
 
 def _parity_cases():
-    spec = importlib.util.spec_from_file_location("longbench_parity_fixture",
-                                                  ROOT / "scripts" / "longbench_parity_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_maker("longbench_parity_fixture")
     cases = module.build_cases()
     assert module.cases_hash(cases) == FIXTURE["cases_sha256"], \
         "the parity cases changed: regenerate the fixture with scripts/longbench_parity_fixture.py"
@@ -289,10 +286,7 @@ def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_
 
 def _fixture_maker(name: str):
     """scripts/<name>.py, the maker of a parity fixture, imported."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_maker(name)
 
 
 def _reference_records(fixture: dict) -> list[dict]:

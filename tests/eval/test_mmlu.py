@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import pytest
 import torch
 
 from fakes import FakeBackend
+from fixture_makers import load_maker
 from tenfold.errors import UserError
 from tenfold.eval.mmlu import (
     LETTERS,
@@ -148,10 +148,7 @@ def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):
 # ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_mmlu.py
 
 def _fixture_maker(name="mmlu_parity_fixture"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_maker(name)
 
 
 def _recording_render_prompt(monkeypatch) -> list[list[int]]:

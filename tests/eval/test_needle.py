@@ -12,6 +12,7 @@ import pytest
 
 from fake_openai import FakeServer
 from fakes import FakeBackend
+from fixture_makers import load_maker
 from tenfold.cli import main
 from tenfold.errors import UserError
 from tenfold.eval import metrics
@@ -39,11 +40,7 @@ needs_langchain = pytest.mark.skipif(not HAS_LANGCHAIN, reason="the judge reads 
 
 
 def parity_script():
-    path = ROOT / "scripts" / "needle_parity_fixture.py"
-    spec = importlib.util.spec_from_file_location("needle_parity_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_maker("needle_parity_fixture")
 
 
 @contextlib.contextmanager

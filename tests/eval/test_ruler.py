@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from fakes import FakeBackend
+from fixture_makers import load_maker
 from tenfold.cli import main
 from tenfold.errors import UserError
 from tenfold.eval import ruler
@@ -40,9 +41,7 @@ needs_wonderwords = pytest.mark.skipif(not HAS_WONDERWORDS, reason="RULER's word
 
 
 def fixture_script():
-    spec = importlib.util.spec_from_file_location("ruler_parity_fixture", ROOT / "scripts" / "ruler_parity_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_maker("ruler_parity_fixture")
     assert module.inputs_hash() == PARITY["inputs_sha256"], \
         "the parity inputs changed: regenerate the fixture with scripts/ruler_parity_fixture.py"
     return module
