@@ -1,8 +1,8 @@
 """A real pretrained model on real prose: SmolLM2-135M-Instruct (native 8,192 tokens, RoPE base 100,000).
 
 Rows: the base, RoPE-only rows (base x4 by default: training-free, `load_backend(rope_theta=...)`) and
-RoPE + tenfold train (`tenfold train` with the paper's recipe, model.name and the RoPE base factor
-overridden, at 16,384 tokens: 2x native). For each row:
+RoPE + tenfold train (`tenfold train` with recipes/smollm2-cpu.yaml: the paper's recipe, RoPE base x4, 8 steps of
+one 16,384-token sequence, 2x native; the --train-* flags override it). For each row:
 
 - loss: the mean next-token loss per 2K position bucket over 0-16K on each of several held-out documents
   of 16K tokens (4 by default); the table gives each bucket's mean and standard error over the documents,
@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, record  # noqa: E402
 
 MODEL = "tenfold/smollm2-135m-instruct"  # tenfold.models converts the wheel's GGUF once and caches it
+RECIPE = ROOT / "recipes" / "smollm2-cpu.yaml"  # the trained row's recipe; its values are the flags' defaults
 LEFT_OUT = {"test", "tests", "idlelib", "pydoc_data", "site-packages", "lib2to3"}  # not docstring prose
 
 
@@ -133,18 +134,14 @@ def training_settings(args) -> dict:
 
 
 def train_command(settings: dict, data: Path, run: Path, epochs: int, save_every: int) -> list[str]:
-    """`tenfold train` with the paper's recipe, SmolLM2, the RoPE base factor and this benchmark's
-    settings."""
+    """`tenfold train` with recipes/smollm2-cpu.yaml and this benchmark's settings (by default the recipe's)."""
     bf16 = settings["dtype"] == "bf16"  # the base in bf16 too (model.dtype auto), not a fp32 residual stream
-    return [sys.executable, "-m", "tenfold.cli", "train",
-            "--recipe", str(ROOT / "recipes/llama3-8b-instruct-80k.yaml"),
-            "--model.name", MODEL, "--model.dtype", "auto" if bf16 else "float32",
-            "--train.mixed_precision", "bf16" if bf16 else "no",
+    return [sys.executable, "-m", "tenfold.cli", "train", "--recipe", str(RECIPE),
+            "--model.dtype", "auto" if bf16 else "float32", "--train.mixed_precision", "bf16" if bf16 else "no",
             "--model.quantization", settings["quantization"],
             "--model.gradient_checkpointing", str(settings["gradient_checkpointing"]).lower(),
-            "--rope.theta", "none", "--rope.theta_factor", str(settings["factor"]),
-            "--data.max_length", str(settings["length"]), "--data", str(data), "--train.epochs", str(epochs),
-            "--max-steps", str(settings["steps"]), "--train.batch_size", "1",
+            "--rope.theta_factor", str(settings["factor"]), "--data.max_length", str(settings["length"]),
+            "--data", str(data), "--train.epochs", str(epochs), "--max-steps", str(settings["steps"]),
             "--train.learning_rate", str(settings["learning_rate"]), "--train.save_every", str(save_every),
             "--output-dir", str(run)]
 
@@ -321,6 +318,8 @@ def plot(rows: dict, path: Path, bucket: int, boundary: int, boundary_label: str
 
 
 def parse_args() -> argparse.Namespace:
+    from tenfold.recipe import load_recipe
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="2 documents of 4K, 1 step at 512 tokens, a tiny grid: "
@@ -329,15 +328,20 @@ def parse_args() -> argparse.Namespace:
     add("--span", type=int, default=None, help="tokens per held-out document (default: 2x native)")
     add("--bucket", type=int, default=2048, help="positions per loss bucket")
     add("--factors", default="4", help="RoPE base multipliers of the training-free rows, comma-separated")
-    add("--train-factor", type=float, default=4.0, help="RoPE base multiplier of the trained row")
-    add("--train-length", type=int, default=16384, help="tokens per training sequence")
-    add("--train-steps", type=int, default=8, help="optimizer steps of one sequence (0: no trained row)")
-    add("--train-lr", type=float, default=1e-4, help="peak learning rate (linear decay to 0, as the paper)")
-    add("--train-dtype", choices=["fp32", "bf16"], default="fp32",
-        help="fp32, or bf16 autocast with a bf16 base")
-    add("--train-quantization", choices=["nf4", "none"], default="nf4", help="the frozen base (nf4: QLoRA)")
-    add("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-        help="recompute each layer in backward (the paper's recipe: on)")
+    recipe = load_recipe(RECIPE)
+    add("--train-factor", type=float, default=recipe.rope.theta_factor, help="RoPE base multiplier of the "
+                                                                               "trained row")
+    add("--train-length", type=int, default=recipe.data.max_length, help="tokens per training sequence")
+    add("--train-steps", type=int, default=recipe.train.max_steps, help="optimizer steps of one sequence "
+                                                                        "(0: no trained row)")
+    add("--train-lr", type=float, default=recipe.train.learning_rate,
+        help="peak learning rate (linear decay to 0, as the paper)")
+    add("--train-dtype", choices=["fp32", "bf16"], default="bf16" if recipe.train.mixed_precision == "bf16"
+        else "fp32", help="fp32, or bf16 autocast with a bf16 base")
+    add("--train-quantization", choices=["nf4", "none"], default=recipe.model.quantization,
+        help="the frozen base (nf4: QLoRA)")
+    add("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+        default=recipe.model.gradient_checkpointing, help="recompute each layer in backward")
     add("--train-save-every", type=int, default=1, help="checkpoint every N steps (a killed run resumes)")
     add("--grids", default="needle,passkey", help="grids to run: needle, passkey, both or none")
     add("--grid-lengths", default="4096,8192,16384", help="context lengths of the grids")
@@ -361,7 +365,7 @@ def parse_args() -> argparse.Namespace:
 def training_note(name: str, training: dict) -> str:
     s, steps = training["settings"], training["steps"] - training["resumed_from_step"]
     losses = training["losses"]
-    return (f"{name}: `tenfold train`, the paper's recipe (recipes/llama3-8b-instruct-80k.yaml: LoRA r32 "
+    return (f"{name}: `tenfold train --recipe recipes/smollm2-cpu.yaml` (the paper's recipe: LoRA r32/a16 "
             f"on q/k/v/o, embeddings trained) with {s['quantization']} base, {s['dtype']}, gradient "
             f"checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, RoPE base x{s['factor']:g}, "
             f"{training['steps']} steps of one {s['length']:,}-token sequence ({training['records']} "

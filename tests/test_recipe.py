@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from tenfold.cli import build_parser, recipe_from_args
@@ -94,3 +96,16 @@ def test_eval_every_needs_held_out_files():
         load_recipe(None, {"train.eval_every": 10})
     recipe = load_recipe(None, {"train.eval_every": 10, "data.eval_files": "a.jsonl,b.jsonl"})
     assert recipe.data.eval_files == ["a.jsonl", "b.jsonl"]
+
+
+@pytest.mark.parametrize("path", sorted(Path("recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    assert load_recipe(path).lora.rank > 0
+
+
+def test_smollm2_cpu_recipe_is_the_papers_method_at_twice_native_length():
+    r = load_recipe("recipes/smollm2-cpu.yaml")
+    assert r.model.name == "tenfold/smollm2-135m-instruct" and r.model.gradient_checkpointing
+    assert (r.lora.rank, r.lora.alpha, r.lora.extra_trainable) == (32, 16.0, ["embed_tokens"])
+    assert r.data.max_length == 2 * 8192 and r.rope.theta_factor == 4.0
+    assert (r.train.lr_schedule, r.train.batch_size, r.train.mixed_precision) == ("linear", 1, "bf16")
