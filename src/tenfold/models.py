@@ -234,7 +234,8 @@ def load_model(name: str, rope: RopeSettings | None = None, max_length: int | No
     model = AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, quantization_config=quant,
         attn_implementation=attention_implementation(attn_implementation, device),
-        device_map={"": device} if quant is not None and not zero3 else None, trust_remote_code=trust_remote_code)
+        device_map={"": device} if quant is not None and not zero3 else None, trust_remote_code=trust_remote_code,
+        use_kernels=False)  # hub kernels (on by default from transformers 5.25) undo tenfold's module patches
     if quant is None and not zero3:
         model.to(device)
     if rope is not None:
