@@ -31,12 +31,16 @@ MODEL_TEXT = {"small": "vocab 128,256, hidden 128, 2 layers, 4 heads",
 KEYS = ("path", "length", "peak_mem_gb", "tokens_per_s", "oom", "offload")
 
 
+def measured(rows: list[dict]) -> np.ndarray:
+    """(lengths, peaks in GiB) of the rows that fit, as two float arrays."""
+    return np.array([(r["length"], r["peak_mem_gb"]) for r in rows if not r["oom"]], dtype=float).reshape(-1, 2).T
+
+
 def fit(rows: list[dict]) -> tuple[float, float, float] | None:
     """(GiB per token, intercept GiB, R^2) of a straight line through the rows that fit; None under 3 points."""
-    points = [(r["length"], r["peak_mem_gb"]) for r in rows if not r["oom"]]
-    if len(points) < 3:
+    x, y = measured(rows)
+    if len(x) < 3:
         return None
-    x, y = np.array(points, dtype=float).T
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
     return slope, intercept, 1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()
@@ -46,7 +50,7 @@ def linear_fit(rows: list[dict]) -> str:
     if (line := fit(rows)) is None:
         return "too few points to fit"
     slope, intercept, r2 = line
-    x, y = np.array([(r["length"], r["peak_mem_gb"]) for r in rows if not r["oom"]], dtype=float).T
+    x, y = measured(rows)
     exponent = (np.polyfit(np.log(x), np.log(np.maximum(y - intercept, 1e-9)), 1)[0] if intercept < y.min()
                 else float("nan"))
     projected = f"{int((ADDRESS_SPACE_LIMIT / 2**30 - intercept) / slope):,}" if slope > 0 else "unbounded"

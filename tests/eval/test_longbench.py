@@ -284,13 +284,8 @@ def test_the_default_prompt_budget_is_the_papers_31500_or_longbenchs_convention_
 
 # ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_longbench.py
 
-def _fixture_maker(name: str):
-    """scripts/<name>.py, the maker of a parity fixture, imported."""
-    return load_maker(name)
-
-
 def _reference_records(fixture: dict) -> list[dict]:
-    inputs = _fixture_maker("longbench_fixture_inputs")
+    inputs = load_maker("longbench_fixture_inputs")
     records = inputs.build_records()
     assert inputs.records_sha256(records) == fixture["records_sha256"] and fixture["model"] == inputs.MODEL, \
         "the records changed: regenerate the fixtures with scripts/longbench_*_parity_fixture.py"
@@ -355,7 +350,7 @@ def test_paper_preset_gives_the_prompts_and_predictions_of_the_papers_eval_longb
     records = _reference_records(fixture)
     prompts = json.loads((CONFIG_DIR / "dataset2prompt.json").read_text())
     assert hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest() == fixture["prompts_sha256"]
-    model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
+    model = load_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
     backend = load_backend(str(model), chat_template="llama-3", max_length=1024)
     _run_like_the_reference(backend, "paper", records, fixture, tmp_path, monkeypatch)
     # the space clean-up of the paper's transformers 4.39.3 decides prompts and predictions here
@@ -384,7 +379,7 @@ def test_official_preset_gives_the_prompts_and_predictions_of_longbenchs_pred_py
         assert hashlib.sha256((CONFIG_DIR / name).read_bytes()).hexdigest() == fixture["sha256"][f"config/{name}"]
     assert fixture["model_names"] == list(PRED_PY_TEMPLATES)
     cases = [c for c in fixture["cases"] if c["model_name"] == model_name]
-    model = _fixture_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
+    model = load_maker("longbench_fixture_inputs").write_model(tmp_path / "model")
     backend = load_backend(str(model), chat_template=chat_template, max_length=1024)
     _run_like_the_reference(backend, "official", records, {**fixture, "cases": cases}, tmp_path, monkeypatch)
     # what decides these cases: the clean-up of pred.py's transformers 4.31.0, in prompts and predictions;

@@ -147,10 +147,6 @@ def test_cli_mmlu(tiny_model_dir, tmp_path, capsys):
 
 # ---------------------------------------------------------------- the paper preset = FlagEmbedding's eval_mmlu.py
 
-def _fixture_maker(name="mmlu_parity_fixture"):
-    return load_maker(name)
-
-
 def _recording_render_prompt(monkeypatch) -> list[list[int]]:
     """The ids of every prompt the backend renders (the ids the model reads), from now on."""
     from tenfold import generation
@@ -170,7 +166,7 @@ def paper_fixture():
 def test_paper_preset_scores_what_the_papers_eval_mmlu_py_did(paper_fixture, chat_template, tmp_path, monkeypatch):
     from tenfold import generation
 
-    maker = _fixture_maker()
+    maker = load_maker("mmlu_parity_fixture")
     records = maker.build_records()
     assert maker.records_sha256(records) == paper_fixture["records_sha256"], \
         "the records changed: regenerate the fixture with scripts/mmlu_parity_fixture.py"
@@ -212,7 +208,7 @@ def test_lm_eval_harness_preset_scores_what_lm_eval_did(tmp_path, monkeypatch):
     from tenfold.generation import load_backend
     from tenfold.models import load_tokenizer
 
-    maker = _fixture_maker("mmlu_harness_parity_fixture")
+    maker = load_maker("mmlu_harness_parity_fixture")
     fixture = json.loads((ROOT / "tests" / "fixtures" / "mmlu_harness_parity.json").read_text())
     records = maker.build_records()
     assert maker.paper.records_sha256(records) == fixture["records_sha256"], \

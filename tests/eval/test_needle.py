@@ -39,10 +39,6 @@ needs_langchain = pytest.mark.skipif(not HAS_LANGCHAIN, reason="the judge reads 
                                      "prompt: pip install langchain-classic")
 
 
-def parity_script():
-    return load_maker("needle_parity_fixture")
-
-
 @contextlib.contextmanager
 def fake_judge(replies: list[str]):
     """A judge on the fake OpenAI server, which answers with the next of `replies` (the last one from then on);
@@ -317,7 +313,7 @@ def test_the_scorer_and_preset_are_part_of_the_prediction_key(tiny_backend, tmp_
 
 # ---------------------------------------------------------------- parity with the paper's eval_needle.py
 def test_parity_fixture_inputs_are_unchanged():
-    script = parity_script()
+    script = load_maker("needle_parity_fixture")
     tokenizer_json = Path(shipped_model(PARITY["tokenizer"])) / "tokenizer.json"
     assert hashlib.sha256(tokenizer_json.read_bytes()).hexdigest() == PARITY["tokenizer_sha256"], \
         "tenfold/tiny-llama's tokenizer changed: regenerate the fixture with scripts/needle_parity_fixture.py"
@@ -327,7 +323,7 @@ def test_parity_fixture_inputs_are_unchanged():
 
 @pytest.mark.parametrize("run", ["dir", "file"])
 def test_paper_preset_builds_the_papers_prompts_token_for_token(run, tmp_path):
-    script, fixture = parity_script(), PARITY["runs"][run]
+    script, fixture = load_maker("needle_parity_fixture"), PARITY["runs"][run]
     paths = script.write_haystack(tmp_path)
     assert script.haystack_sha256(paths) == PARITY["haystack_sha256"], "regenerate the fixture"
     order = "sorted"
