@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from tenfold.train import loop
+from tenfold.train import loop, rms_norm
 from tenfold.train.model import load_model_for_training
 from tenfold.train.rms_norm import LeanRMSNormFunction, lean_rms_norm, lean_rms_norms
 
@@ -39,10 +40,14 @@ CASES = [(torch.float32, torch.float32, True, False), (torch.bfloat16, torch.bfl
          (torch.bfloat16, torch.float32, True, True), (torch.bfloat16, torch.bfloat16, True, True)]
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 5])  # one chunk; 15 chunks of 5 rows, the last one of 4
 @pytest.mark.parametrize("x_dtype, weight_dtype, trained, autocast", CASES)
-def test_outputs_and_gradients_are_the_stock_norms_bit_for_bit(x_dtype, weight_dtype, trained, autocast):
+def test_outputs_and_gradients_are_the_stock_norms_bit_for_bit(x_dtype, weight_dtype, trained, autocast,
+                                                                chunk_rows, monkeypatch):
     """Bitwise, in fp32 and bf16 alike (stricter than the 1e-6 asked of fp32): the forward runs the stock
-    ops, and the backward the ops autograd runs for them, in the same dtypes and order."""
+    ops, and the backward the ops autograd runs for them, in the same dtypes and order, also by chunks."""
+    if chunk_rows:
+        monkeypatch.setattr(rms_norm, "CHUNK_ELEMENTS", chunk_rows * SHAPE[-1])
     norm = llama_norm(weight_dtype, trained)
     stock = run(lambda m, x: m(x), norm, x_dtype, autocast)
     lean = run(lean_rms_norm, norm, x_dtype, autocast)
@@ -64,6 +69,37 @@ def saved_bytes(forward) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward()
     return sum(storages.values())
+
+
+class LargestFloat32(TorchDispatchMode):
+    """The most elements of any fp32 tensor an op returns while the mode is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.most = max(self.most, t.numel())
+        return out
+
+
+def test_under_bf16_the_fp32_temporaries_exist_one_chunk_at_a_time(monkeypatch):
+    """The upcast input and its products, in the forward and the input's gradient, are one chunk's rows,
+    never the whole sequence's (at width 1,024 they were a step's peak)."""
+    monkeypatch.setattr(rms_norm, "CHUNK_ELEMENTS", 8 * SHAPE[-1], raising=False)
+    norm = llama_norm(torch.bfloat16, trained=False)
+    x = torch.randn(SHAPE, dtype=torch.bfloat16, requires_grad=True)
+    forward, backward = LargestFloat32(), LargestFloat32()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with forward:
+            y = lean_rms_norm(norm, x)
+        with backward:
+            y.backward(torch.ones_like(y))
+    rows = math.prod(SHAPE[:-1])
+    assert forward.most == backward.most == 8 * SHAPE[-1], (forward.most, backward.most, rows * SHAPE[-1])
 
 
 @pytest.mark.parametrize("weight_dtype, trained", [(torch.bfloat16, False), (torch.float32, True)])
