@@ -54,9 +54,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, record  # noqa: E402
+from tenfold.recipe import load_recipe  # noqa: E402
 
-MODEL = "tenfold/smollm2-135m-instruct"  # tenfold.models converts the wheel's GGUF once and caches it
 RECIPE = ROOT / "recipes" / "smollm2-cpu.yaml"  # the trained row's recipe; its values are the flags' defaults
+MODEL = load_recipe(RECIPE).model.name  # every row's model: tenfold.models converts the wheel's GGUF once
 LEFT_OUT = {"test", "tests", "idlelib", "pydoc_data", "site-packages", "lib2to3"}  # not docstring prose
 
 
@@ -318,8 +319,6 @@ def plot(rows: dict, path: Path, bucket: int, boundary: int, boundary_label: str
 
 
 def parse_args() -> argparse.Namespace:
-    from tenfold.recipe import load_recipe
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="2 documents of 4K, 1 step at 512 tokens, a tiny grid: "
