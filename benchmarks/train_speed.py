@@ -7,7 +7,9 @@ in the table: a row whose two peaks differ much ran on a machine that changed un
 Model FLOPs per step follow the usual convention: 6 x (non-embedding parameters, LM head included)
 x tokens for the matmuls, plus 6 x layers x hidden x tokens^2 for causal attention (forward and
 backward; recomputation by gradient checkpointing is not counted). Peak = the process's resident
-peak during the timed step (VmHWM, reset before it).
+peak during the timed step (VmHWM, reset before it). Each row also times the attention kernel alone at the
+model's shape (SDPA's forward, its recompute and backward, for every layer): the model's FLOPs over that
+time and the peak bound the row's fraction of peak, whatever the rest of the step costs.
 
     python benchmarks/train_speed.py [--quick] [--hidden 512 --layers 4]
     python benchmarks/train_speed.py --model tenfold/smollm2-135m-instruct --lengths 2048,8192,16384 \
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from common import (
     MODEL_DIR,
@@ -59,6 +62,25 @@ def model_flops(config: dict, length: int) -> float:
     return 6 * params * length + 6 * layers * d * length ** 2
 
 
+def attention_seconds(config: dict, length: int, dtype: torch.dtype) -> float:
+    """One layer's attention as a checkpointed step runs it: SDPA's forward twice (the recompute) and its backward."""
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    shape = (1, heads, length, config["hidden_size"] // heads)
+    q = torch.randn(shape, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(shape[:1] + (kv_heads,) + shape[2:], dtype=dtype, requires_grad=True) for _ in range(2))
+    grad = torch.randn(shape, dtype=dtype)
+
+    def attention():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
+
+    attention().backward(grad)  # warm-up: the first backward sets up
+    started = time.perf_counter()
+    with torch.no_grad():
+        attention()
+    attention().backward(grad)
+    return time.perf_counter() - started
+
+
 def timed_step(model_dir, config: dict, length: int, dtype_name: str, quantization: str) -> dict:
     step = tenfold_step_fn(recipe=paper_recipe(model_dir, length, dtype_name == "bf16", quantization=quantization))
     generator = torch.Generator().manual_seed(0)
@@ -72,11 +94,13 @@ def timed_step(model_dir, config: dict, length: int, dtype_name: str, quantizati
     seconds = time.perf_counter() - started
     peak_gib = cpu_peak_bytes() / 2**30  # read before the second GEMM's buffers
     after = matmul_peak(dtype)
+    attention = config["num_hidden_layers"] * attention_seconds(config, length, dtype)
     achieved, peak = model_flops(config, length) / seconds, max(before, after)
     return {"path": "tenfold", "quantization": quantization, "dtype": dtype_name, "length": length,
             "seconds": seconds, "tokens_per_s": length / seconds, "peak_gib": peak_gib,
             "model_flops_per_s": achieved, "matmul_peak_before_flops_per_s": before,
-            "matmul_peak_after_flops_per_s": after, "fraction_of_peak": achieved / peak}
+            "matmul_peak_after_flops_per_s": after, "fraction_of_peak": achieved / peak,
+            "attention_seconds": attention, "attention_bound": model_flops(config, length) / attention / peak}
 
 
 def profile_step(model_dir, config: dict, length: int, dtype_name: str, quantization: str) -> str:
@@ -127,15 +151,19 @@ def main() -> None:
                 print(rows[-1], flush=True)
     table = markdown_table(
         ["quantization", "dtype", "length", "tokens/s", "peak GiB", "model GFLOP/s",
-         "matmul peak GFLOP/s before / after", "of the better peak"],
+         "matmul peak GFLOP/s before / after", "of the better peak", "attention s", "attention bound"],
         [[r["quantization"], r["dtype"], r["length"], f"{r['tokens_per_s']:.0f}", f"{r['peak_gib']:.2f}",
           f"{r['model_flops_per_s'] / 1e9:.1f}", f"{r['matmul_peak_before_flops_per_s'] / 1e9:.0f} / "
           f"{r['matmul_peak_after_flops_per_s'] / 1e9:.0f}",
-          f"{100 * r['fraction_of_peak']:.1f}%"] for r in rows])
+          f"{100 * r['fraction_of_peak']:.1f}%", f"{r['attention_seconds']:.1f}",
+          f"{100 * r['attention_bound']:.0f}%"] for r in rows])
     model = args.model or f"Llama, vocab 128,256, hidden {args.hidden}, {args.layers} layers"
     record("train_speed", rows, table, f"- model: {model}; the paper's recipe (LoRA r32/a16 on q/k/v/o, "
            "embed_tokens trained, gradient checkpointing); every token carries loss; one warm-up step at 256 "
-           "tokens, then one timed step.", quick=args.quick)
+           "tokens, then one timed step.\n- attention s: SDPA alone at the model's head shape and the row's length and "
+           "dtype, as the step runs it (forward, its recompute, backward) times the layers, timed right after the "
+           "step; attention bound: the model's FLOP/s over the better peak were the step nothing but that "
+           "attention: no row can exceed it.", quick=args.quick)
 
 
 if __name__ == "__main__":
