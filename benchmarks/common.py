@@ -105,6 +105,7 @@ def tenfold_step_fn(model_dir: Path | None = None, length: int = 0, bf16: bool =
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
+    step.loss_model = loss_model  # for tools that hook into the step (memory_timeline.py)
     return step
 
 

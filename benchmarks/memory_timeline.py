@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXED_MMAP_THRESHOLD, benchmark_model, paper_recipe  # noqa: E402
+from common import FIXED_MMAP_THRESHOLD, benchmark_model, tenfold_step_fn  # noqa: E402
 
 
 def resident_bytes() -> int:
@@ -52,29 +52,13 @@ def mark_phases(model, marks: list) -> None:
 
 def step_windows(model_name: str, length: int) -> dict:
     """{window: peak MiB above the step's start} over the last layer's backward, and the step's peak."""
-    from tenfold.train.loop import build_optimizer
-    from tenfold.train.loss import CausalLMLoss
-    from tenfold.train.model import load_model_for_training
-
-    recipe = paper_recipe(benchmark_model(model_name), length, bf16=True)
-    model, _ = load_model_for_training(recipe, torch.device("cpu"))
-    loss_model = CausalLMLoss(model)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    step = tenfold_step_fn(benchmark_model(model_name), length)
     marks, samples, running = [], [], True
-
-    def step(input_ids):
-        weights = torch.ones_like(input_ids, dtype=torch.float32)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = loss_model(input_ids, torch.ones_like(input_ids), weights) / weights[:, 1:].sum()
-        marks.append((time.perf_counter(), "backward"))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    vocab = model.config.vocab_size
+    vocab = step.loss_model.causal_lm().config.vocab_size
     step(torch.randint(0, vocab, (1, 256), generator=torch.Generator().manual_seed(0)))
-    mark_phases(loss_model.causal_lm(), marks)
-    marks.clear()
+    mark_phases(step.loss_model.causal_lm(), marks)
+    # the gradient of its output is ready: the backward starts (after the loss's normalization)
+    step.loss_model.register_full_backward_pre_hook(lambda *_: marks.append((time.perf_counter(), "backward")))
 
     def sample():
         while running:

@@ -57,7 +57,8 @@ from common import RESULTS, ROOT, record  # noqa: E402
 from tenfold.recipe import load_recipe  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "smollm2-cpu.yaml"  # the trained row's recipe; its values are the flags' defaults
-MODEL = load_recipe(RECIPE).model.name  # every row's model: tenfold.models converts the wheel's GGUF once
+TRAINED = load_recipe(RECIPE)
+MODEL = TRAINED.model.name  # every row's model: tenfold.models converts the wheel's GGUF once
 LEFT_OUT = {"test", "tests", "idlelib", "pydoc_data", "site-packages", "lib2to3"}  # not docstring prose
 
 
@@ -327,7 +328,7 @@ def parse_args() -> argparse.Namespace:
     add("--span", type=int, default=None, help="tokens per held-out document (default: 2x native)")
     add("--bucket", type=int, default=2048, help="positions per loss bucket")
     add("--factors", default="4", help="RoPE base multipliers of the training-free rows, comma-separated")
-    recipe = load_recipe(RECIPE)
+    recipe = TRAINED
     add("--train-factor", type=float, default=recipe.rope.theta_factor, help="RoPE base multiplier of the "
                                                                                "trained row")
     add("--train-length", type=int, default=recipe.data.max_length, help="tokens per training sequence")

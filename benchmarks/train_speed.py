@@ -95,12 +95,12 @@ def timed_step(model_dir, config: dict, length: int, dtype_name: str, quantizati
     peak_gib = cpu_peak_bytes() / 2**30  # read before the second GEMM's buffers
     after = matmul_peak(dtype)
     attention = config["num_hidden_layers"] * attention_seconds(config, length, dtype)
-    achieved, peak = model_flops(config, length) / seconds, max(before, after)
+    flops, peak = model_flops(config, length), max(before, after)
     return {"path": "tenfold", "quantization": quantization, "dtype": dtype_name, "length": length,
             "seconds": seconds, "tokens_per_s": length / seconds, "peak_gib": peak_gib,
-            "model_flops_per_s": achieved, "matmul_peak_before_flops_per_s": before,
-            "matmul_peak_after_flops_per_s": after, "fraction_of_peak": achieved / peak,
-            "attention_seconds": attention, "attention_bound": model_flops(config, length) / attention / peak}
+            "model_flops_per_s": flops / seconds, "matmul_peak_before_flops_per_s": before,
+            "matmul_peak_after_flops_per_s": after, "fraction_of_peak": flops / seconds / peak,
+            "attention_seconds": attention, "attention_bound": flops / attention / peak}
 
 
 def profile_step(model_dir, config: dict, length: int, dtype_name: str, quantization: str) -> str:
